@@ -1,0 +1,89 @@
+"""The model protocol: generators and segmenters as pure functions plus pytrees.
+
+Everything in jaxdissect talks to models only through these types, so a Flax port, a hand-built
+test model and a user's own network are interchangeable. Interventions are data (`Edit`), not
+hooks: they go into `apply_fn` as an argument, which makes `vmap` over edits a batch of
+counterfactual worlds and `grad` with respect to a soft `alpha` a search for causal units.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jaxdissect.errors import check_choice
+
+
+class Edit(NamedTuple):
+  """An edit of one layer's activation `x` (`[B, H, W, C]`): `x * (1 - alpha) + value * alpha`.
+
+  Both fields broadcast to `[B, H, W, C]`: a `[C]` vector edits units everywhere, `[H, W, C]` or
+  `[B, H, W, C]` edits inside a spatial mask. Ablation is alpha=1, value=0 on the chosen units;
+  insertion is alpha=1 (optionally times a mask) with value = the unit's insertion level.
+  """
+
+  alpha: jax.Array
+  value: jax.Array
+
+
+def apply_edit(x: jax.Array, edit: Edit | None) -> jax.Array:
+  """Applies `edit` to `x`; `None` returns `x` itself (bit-identical, no arithmetic)."""
+  if edit is None:
+    return x
+  alpha = jnp.asarray(edit.alpha, x.dtype)
+  value = jnp.asarray(edit.value, x.dtype)
+  return x * (1 - alpha) + value * alpha
+
+
+def ablate(units: Sequence[int] | jax.Array, num_units: int) -> Edit:
+  """An edit that zeroes `units` of a layer with `num_units` channels, everywhere."""
+  alpha = jnp.zeros((num_units,), jnp.float32).at[jnp.asarray(units, jnp.int32)].set(1.0)
+  return Edit(alpha, jnp.zeros((num_units,), jnp.float32))
+
+
+# apply_fn(params, x, edits=None, capture=None) -> (output, acts)
+ApplyFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+
+
+class Generator(NamedTuple):
+  """A generator (or classifier): `apply_fn(params, x, edits=None, capture=None)`.
+
+  `layers` is the published, ordered tuple of layer names; `acts` maps each captured name to its
+  `[B, H, W, C]` activation after the layer's nonlinearity and before the edit.
+  """
+
+  apply_fn: ApplyFn
+  params: Any
+  layers: tuple[str, ...]
+
+
+class Segmenter(NamedTuple):
+  """A segmenter: `segment_fn(params, images) -> probs [B, H, W, K]` (differentiable) and
+  `label_fn(params, images) -> labels [B, H, W, D]` int32 (0 = none); `concepts[i]` is the
+  `(name, category)` of label index i (index 0 is the '-' no-label entry)."""
+
+  segment_fn: Callable[[Any, jax.Array], jax.Array]
+  label_fn: Callable[[Any, jax.Array], jax.Array]
+  params: Any
+  concepts: tuple[tuple[str, str], ...]
+
+
+def check_layers(names: Sequence[str] | str | None, layers: Sequence[str]) -> tuple[str, ...]:
+  """Normalises a capture/edit layer selection, raising on names the model does not have."""
+  if names is None:
+    return ()
+  if isinstance(names, str):
+    names = (names,)
+  for n in names:
+    check_choice("layer", n, layers)
+  return tuple(names)
+
+
+def check_edits(edits: Mapping[str, Edit] | None, layers: Sequence[str]) -> Mapping[str, Edit]:
+  """Validates the keys of an edits mapping against the model's layer names."""
+  edits = {} if edits is None else edits
+  for n in edits:
+    check_choice("layer", n, layers)
+  return edits
