@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxdissect.errors import check_choice
+from jaxdissect.errors import check_choice, check_shape
 
 
 class Edit(NamedTuple):
@@ -28,13 +28,27 @@ class Edit(NamedTuple):
   value: jax.Array
 
 
-def apply_edit(x: jax.Array, edit: Edit | None) -> jax.Array:
-  """Applies `edit` to `x`; `None` returns `x` itself (bit-identical, no arithmetic)."""
+def apply_edit(x: jax.Array, edit: Edit | None, name: str = "layer") -> jax.Array:
+  """Applies `edit` to `x`; `None` returns `x` itself (bit-identical, no arithmetic).
+
+  Raises ValueError, naming `name` and its shape, if alpha or value would not broadcast to `x`.
+  """
   if edit is None:
     return x
   alpha = jnp.asarray(edit.alpha, x.dtype)
   value = jnp.asarray(edit.value, x.dtype)
+  for field, a in (("alpha", alpha), ("value", value)):
+    _check_broadcasts(f"edit {field} of {name}", a.shape, x.shape)
   return x * (1 - alpha) + value * alpha
+
+
+def _check_broadcasts(what: str, shape: tuple[int, ...], target: tuple[int, ...]) -> None:
+  """Raises ValueError unless `shape` broadcasts to exactly `target`."""
+  ok = len(shape) <= len(target) and all(
+      s in (1, t) for s, t in zip(shape[::-1], target[::-1]))
+  if not ok:
+    raise ValueError(f"{what} has shape {list(shape)}, which does not broadcast to the layer's "
+                     f"shape {list(target)} ([B, H, W, C])")
 
 
 def ablate(units: Sequence[int] | jax.Array, num_units: int) -> Edit:
@@ -87,3 +101,13 @@ def check_edits(edits: Mapping[str, Edit] | None, layers: Sequence[str]) -> Mapp
   for n in edits:
     check_choice("layer", n, layers)
   return edits
+
+
+def check_latent(z: Any, dim: int) -> jax.Array:
+  """Returns `z` as an array after checking that it is a float `[B, dim]` batch of latents."""
+  z = jnp.asarray(z)
+  check_shape("z", z.shape, (None, dim))
+  if not jnp.issubdtype(z.dtype, jnp.floating):
+    raise ValueError(f"z has dtype {z.dtype} (shape {list(z.shape)}), expected a float array "
+                     f"of shape [?, {dim}]")
+  return z

@@ -33,7 +33,9 @@ def merge_over_axis(stat: Stat, state: Any, axis_name: str) -> Any:
   """Merges per-device states inside `shard_map`/`pmap` into one state, the same on every device.
 
   States are all-gathered along `axis_name` and folded left to right with `stat.merge`, so the
-  outcome equals merging the shards in device order on one host.
+  outcome equals merging the shards in device order on one host. The result is identical on
+  every device; jax cannot infer that, so use `shard_map(..., check_vma=False)` with
+  `out_specs=P()`, or keep `out_specs=P(axis_name)` and read any device's copy.
   """
   gathered = jax.lax.all_gather(state, axis_name)
   n = jax.tree.leaves(gathered)[0].shape[0]
