@@ -88,15 +88,18 @@ def multi_hot(labels: jax.Array, num_concepts: int) -> jax.Array:
 
 
 def _count_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
-  """`[P, X]` 0/1 by `[P, Y]` 0/1 -> `[X, Y]` int32 co-occurrence counts (exact, P <= 2**24)."""
-  prod = jnp.einsum(
-      "px,py->xy",
+  """`[P, X]` 0/1 by `[P, Y]` 0/1 -> `[X, Y]` int32 co-occurrence counts (exact, P <= 2**24).
+
+  Computed as `(b^T a)^T`: with the narrow operand (concepts) on the left, XLA's CPU dot runs
+  about three times faster than `a^T b` for these long-contraction shapes.
+  """
+  prod = jnp.dot(
+      b.astype(jnp.float32).T,
       a.astype(jnp.float32),
-      b.astype(jnp.float32),
       precision=jax.lax.Precision.HIGHEST,
       preferred_element_type=jnp.float32,
   )
-  return prod.astype(jnp.int32)
+  return prod.T.astype(jnp.int32)
 
 
 def _category_onehot(category_of: np.ndarray, num_categories: int) -> jax.Array:
@@ -113,29 +116,33 @@ def _batch_tally(
 ) -> IouState:
   """The tallies of one batch: acts `[B, H, W, U]`, thresholds `[U]`, labels `[B, H, W, D]`."""
   b, h, w, num_units = acts.shape
-  num_concepts = cat_onehot.shape[0]
-  acts = acts.reshape(b, h * w, num_units)
+  num_concepts, num_categories = cat_onehot.shape
+  acts = acts.reshape(b * h * w, num_units)
   finite = jnp.isfinite(acts)
-  on = finite & (acts > thresholds)  # [B, HW, U]
+  on = finite & (acts > thresholds)  # [P, U]
   has = multi_hot(labels.reshape(b, h * w, -1), num_concepts)  # [B, HW, K]
   has_concept = has & (jnp.arange(num_concepts) > 0)
   present = jnp.any(has, axis=1)  # [B, K], label 0 included (category presence rule)
   cat_present = jnp.any(present[:, :, None] & cat_onehot, axis=1)  # [B, G]
-  on_per_image = jnp.sum(on, axis=1, dtype=jnp.int32)  # [B, U]
-  flat = lambda x: x.reshape(b * h * w, -1)
+  # One pass over the big [P, U] indicator: concepts, an all-ones column (active pixels) and the
+  # categories present in each pixel's image share a single matmul.
+  columns = jnp.concatenate([
+      has_concept,
+      jnp.ones((b, h * w, 1), bool),
+      jnp.broadcast_to(cat_present[:, None, :], (b, h * w, num_categories)),
+  ], axis=-1).reshape(b * h * w, -1)
+  counts = _count_matmul(on, columns)  # [U, K + 1 + G]
   return IouState(
-      intersection=_count_matmul(flat(on), flat(has_concept)),
-      active=jnp.sum(on, axis=(0, 1), dtype=jnp.int32),
+      intersection=counts[:, :num_concepts],
+      active=counts[:, num_concepts],
       concept=jnp.sum(has_concept, axis=(0, 1), dtype=jnp.int32),
       pixels=jnp.asarray(b * h * w, jnp.int32),
       images=jnp.asarray(b, jnp.int32),
       images_with=jnp.sum(present, axis=0, dtype=jnp.int32),
       category_of=category_of,
-      category_active=jnp.sum(
-          on_per_image[:, :, None] * cat_present[:, None, :], axis=0, dtype=jnp.int32
-      ),
+      category_active=counts[:, num_concepts + 1:],
       category_pixels=h * w * jnp.sum(cat_present, axis=0, dtype=jnp.int32),
-      nonfinite=jnp.sum(~finite, axis=(0, 1), dtype=jnp.int32),
+      nonfinite=jnp.sum(~finite, axis=0, dtype=jnp.int32),
       bad_labels=count_bad_labels(labels, num_concepts),
   )
 
