@@ -1,0 +1,22 @@
+"""Models by name: known names load, unknown names list the valid ones."""
+
+import jax.numpy as jnp
+import pytest
+
+from jaxdissect import zoo
+
+
+def test_planted_world_loads_by_name():
+  world = zoo.load_world("planted")
+  image, acts = world.generator.apply_fn(world.generator.params, jnp.zeros((2, world.zdim)),
+                                         capture="layer2")
+  labels = world.segmenter.label_fn(world.segmenter.params, image)
+  assert image.shape == (2, 32, 32, 3) and acts["layer2"].shape == (2, 8, 8, 8)
+  assert labels.shape == (2, 32, 32, 1)
+
+
+def test_unknown_name_lists_choices():
+  with pytest.raises(ValueError, match="unknown model 'progan'.*'sceneworld', 'planted'"):
+    zoo.load_generator("progan")
+  with pytest.raises(ValueError, match="unknown segmenter 'upp'"):
+    zoo.load_segmenter("upp")
