@@ -20,3 +20,12 @@ def test_unknown_name_lists_choices():
     zoo.load_generator("progan")
   with pytest.raises(ValueError, match="unknown segmenter 'upp'"):
     zoo.load_segmenter("upp")
+
+
+def test_sceneworld_loads_by_name_with_no_files_given():
+  world = zoo.load_world()
+  image, acts = world.generator.apply_fn(world.generator.params, jnp.zeros((2, world.zdim)),
+                                         capture="layer4")
+  probs = world.segmenter.segment_fn(world.segmenter.params, image)
+  assert image.shape == (2, 64, 64, 3) and acts["layer4"].ndim == 4
+  assert probs.shape == (2, 64, 64, len(world.segmenter.concepts))
