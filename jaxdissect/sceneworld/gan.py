@@ -3,7 +3,7 @@
 GAN Dissection studies Progressive GAN generators. The embedded default is the same architecture
 (`ports.proggan`) at 64x64, trained on rendered scenes whose labels are exact, so dissection and
 intervention results can be checked against a known world. Channel counts are small enough that
-the GAN trains in about 80 minutes on 2 CPU cores (`experiments/train_scene_gan.py`); the shipped
+the GAN trains in about 75 minutes on 2 CPU cores (`experiments/train_scene_gan.py`); the shipped
 weights are the EMA generator parameters, saved through `jaxdissect.checkpoint`.
 
 The discriminator mirrors ProgGAN's: equalized learning-rate convolutions (N(0, 1) weights scaled
