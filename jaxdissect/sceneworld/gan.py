@@ -26,6 +26,7 @@ import optax
 
 from jaxdissect import checkpoint
 from jaxdissect.model import Generator
+from jaxdissect.sceneworld.render import tile
 from jaxdissect.zsample import standard_z
 from ports import proggan
 
@@ -286,12 +287,5 @@ def make_train_step(sizes: tuple[int, ...], d_sizes: tuple[int, ...], lr: float,
 
 def image_grid(images: np.ndarray, columns: int = 8, gap: int = 2) -> np.ndarray:
   """A uint8 grid of `images [N, H, W, 3]` in [-1, 1] (the ProgGAN byte conversion)."""
-  n, h, w, _ = images.shape
   pix = np.clip((np.asarray(images) + 1) / 2 * 255, 0, 255).astype(np.uint8)
-  rows = -(-n // columns)
-  grid = np.full((rows * (h + gap) + gap, columns * (w + gap) + gap, 3), 255, np.uint8)
-  for i in range(n):
-    r, c = divmod(i, columns)
-    grid[gap + r * (h + gap):gap + r * (h + gap) + h,
-         gap + c * (w + gap):gap + c * (w + gap) + w] = pix[i]
-  return grid
+  return tile(pix, columns, gap)

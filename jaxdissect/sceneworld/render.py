@@ -586,20 +586,23 @@ def colorize(labels: np.ndarray) -> np.ndarray:
   return out
 
 
+def tile(cells: np.ndarray, columns: int = 8, gap: int = 2) -> np.ndarray:
+  """Lays uint8 cells `[N, H, W, 3]` out in a grid with white `gap`-pixel margins."""
+  n, hgt, wid = cells.shape[:3]
+  rows = -(-n // columns)
+  grid = np.full((rows * (hgt + gap) + gap, columns * (wid + gap) + gap, 3), 255, np.uint8)
+  for i in range(n):
+    r, c = divmod(i, columns)
+    y, x = gap + r * (hgt + gap), gap + c * (wid + gap)
+    grid[y:y + hgt, x:x + wid] = cells[i]
+  return grid
+
+
 def sample_grid(images: np.ndarray, labels: np.ndarray, columns: int = 8,
                 gap: int = 2) -> np.ndarray:
   """A uint8 grid: each cell is an image `[H, W, 3]` in [-1, 1] beside its colourized labels."""
-  n, hgt, wid = images.shape[:3]
   pix = np.clip(np.rint((np.asarray(images) + 1) * 127.5), 0, 255).astype(np.uint8)
-  pairs = np.concatenate([pix, colorize(labels)], axis=2)          # [n, H, 2W, 3]
-  rows = -(-n // columns)
-  cell_h, cell_w = hgt + gap, 2 * wid + gap
-  grid = np.full((rows * cell_h + gap, columns * cell_w + gap, 3), 255, np.uint8)
-  for i in range(n):
-    r, c = divmod(i, columns)
-    grid[gap + r * cell_h:gap + r * cell_h + hgt, gap + c * cell_w:gap + c * cell_w + 2 * wid] = (
-        pairs[i])
-  return grid
+  return tile(np.concatenate([pix, colorize(labels)], axis=2), columns, gap)
 
 
 def measure_speed(n: int = 2000, size: int = 64) -> float:
