@@ -7,7 +7,9 @@ every caller gets the same clear errors for missing or damaged checkpoints.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -52,3 +54,57 @@ def _arrays(tree: Any) -> Any:
 def to_numpy(tree: Any) -> Any:
   """A host copy of `tree` with numpy leaves (for saving state that lives on devices)."""
   return jax.tree.map(np.asarray, tree)
+
+
+_LATEST = "latest.json"
+
+
+def save_latest(root: str, tree: Any, meta: dict) -> str:
+  """Saves `tree` as the newest of a series under `root`, crash-safely.
+
+  The tree goes to a fresh folder `root/state-<i>`; only once it is complete does `latest.json`
+  (with `meta`) switch to it, by an atomic rename; then older folders are removed. A process
+  killed at any moment leaves `latest.json` naming a complete checkpoint (or no file at all).
+  """
+  root = os.path.abspath(root)
+  os.makedirs(root, exist_ok=True)
+  previous = _read_latest(root)
+  number = previous["number"] + 1 if previous else 0
+  name = f"state-{number}"
+  save(os.path.join(root, name), tree)
+  pointer = os.path.join(root, _LATEST)
+  with open(pointer + ".tmp", "w") as f:
+    json.dump({"number": number, "name": name, "meta": meta}, f)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(pointer + ".tmp", pointer)
+  for entry in os.listdir(root):
+    if entry.startswith("state-") and entry != name:
+      shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
+  return os.path.join(root, name)
+
+
+def load_latest(root: str, like: Any) -> tuple[Any, dict] | None:
+  """The newest tree saved by `save_latest` under `root` and its meta, or None if there is none."""
+  root = os.path.abspath(root)
+  latest = _read_latest(root)
+  if latest is None:
+    return None
+  return load(os.path.join(root, latest["name"]), like), latest["meta"]
+
+
+def latest_meta(root: str) -> dict | None:
+  """The meta of the newest checkpoint under `root` without loading it, or None."""
+  latest = _read_latest(os.path.abspath(root))
+  return None if latest is None else latest["meta"]
+
+
+def _read_latest(root: str) -> dict | None:
+  try:
+    with open(os.path.join(root, _LATEST)) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return None
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f"{os.path.join(root, _LATEST)} is unreadable ({e}); delete {root} "
+                          "to start over") from e

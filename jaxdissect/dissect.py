@@ -1,14 +1,26 @@
-"""Straightforward two-pass dissection of one layer: the reference every faster path must match.
+"""One-pass dissection of several layers: thresholds, IoU, labels and top images per unit.
 
-Pass 1 streams the unit's activations, upsampled to segmentation resolution, into a quantile
-sketch and reads off each unit's threshold (the 1 - q quantile). Pass 2 regenerates the same
-images, segments them, and tallies the IoU of "activation above threshold" with every concept.
-It regenerates rather than caches so that memory stays flat in the number of images.
+The original runs the generator and segmenter two or three times over the sample: once for the
+quantiles that set each unit's threshold, again to count IoU at that threshold (and a third time
+for IQR thresholds). Here the first `warmup` images predict, for each unit, a narrow bracket of
+values that will hold its threshold; then a single pass tallies fine per-concept histograms over
+that bracket (`stats.tail`), from which the exact-quantile threshold and every IoU are read off at
+the end, with hard error bounds. Units whose bound is wider than `iou_tolerance` (the warmup was
+unlucky) get a narrower bracket and another pass; usually none do.
+
+With `threshold="iqr"` the pass instead tallies per-concept CDFs on a grid of 100 levels per unit
+(the warmup's quantiles at 1 - logspace(-3, 0, 100), GAN Dissection's grid) and picks the level
+that maximises the information quality ratio; IoU at a grid level is an exact count.
+
+The state is a pytree of fixed-size integer tallies, so it checkpoints, resumes and merges, and
+memory does not grow with n. Driving the loop (progress, checkpoints) is the caller's job through
+`start`, `step_fn`, `finish`, or all at once through `dissect`.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, NamedTuple
+import math
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -16,66 +28,400 @@ import numpy as np
 
 from jaxdissect.errors import check_choice
 from jaxdissect.model import Generator, Segmenter
-from jaxdissect.stats import iou, quantile
+from jaxdissect.stats import conditional, tail
+from jaxdissect.stats.topk import topk as topk_stat
+from jaxdissect.upsample import upsample
 from jaxdissect.zsample import z_batches
 
+IQR_LEVELS = 1.0 - np.logspace(-3, 0, 100)[::-1]  # ascending quantile levels of the IQR grid
 
-class LayerDissection(NamedTuple):
-  """Per-unit results for one layer: thresholds `[U]`, IoU `[U, K]`, best label `[U]`."""
 
+class Config(NamedTuple):
+  """What to dissect and how. `threshold` is q (a unit is on in its top q) or "iqr"."""
+
+  layers: tuple[str, ...]
+  n: int
+  zdim: int
+  batch_size: int = 100
+  seed: int = 1
+  threshold: float | str = 0.01
+  topk: int = 10
+  num_bins: int = 2048
+  warmup: int = 100
+  iou_tolerance: float = 1e-3
+  max_passes: int = 3
+
+
+class Shapes(NamedTuple):
+  """Static shapes of a run: featuremap `[H, W, C]` per layer, label size and label depth."""
+
+  layers: dict[str, tuple[int, int, int]]
+  seg_size: tuple[int, int]
+  label_depth: int
+  image: tuple[int, int, int]
+
+
+class State(NamedTuple):
+  """Running state of a pass: per-layer tallies plus progress counters (all arrays).
+
+  `stats[layer]` is a `TailState` (quantile thresholds) or a `ConditionalState` (IQR);
+  `tops[layer]` the per-unit top-k of per-image maxima; `images` how many images of this pass
+  are tallied; `passes` how many passes were finished before this one.
+  """
+
+  stats: dict[str, Any]
+  tops: dict[str, Any]
+  images: jax.Array
+  passes: jax.Array
+
+
+class LayerResult(NamedTuple):
+  """Dissection of one layer (U units, K label values, k top images).
+
+  `iou_bound` is the largest possible error of any IoU of the unit (0 for exact counts);
+  `iqr` is the IQR of the label (IQR mode only, else zeros).
+  """
+
+  layer: str
+  shape: tuple[int, int, int]
   thresholds: np.ndarray
   iou: np.ndarray
   label: np.ndarray
   best_iou: np.ndarray
+  iou_bound: np.ndarray
+  iqr: np.ndarray
+  top_values: np.ndarray
+  top_indices: np.ndarray
 
 
-def upsample(acts: jax.Array, size: tuple[int, int]) -> jax.Array:
-  """Bilinear, half-pixel centres, border-clamped resize of `[B, h, w, U]` to `[B, *size, U]`."""
-  return jax.image.resize(acts, (acts.shape[0], *size, acts.shape[-1]), "linear")
+def check_config(config: Config, gen: Generator) -> None:
+  """Raises ValueError naming the bad setting and what would be valid."""
+  if not config.layers:
+    raise ValueError(f"no layers given; valid layers are: {', '.join(gen.layers)}")
+  for layer in config.layers:
+    check_choice("layer", layer, gen.layers)
+  if len(set(config.layers)) != len(config.layers):
+    raise ValueError(f"layers {list(config.layers)} name a layer twice")
+  t = config.threshold
+  if isinstance(t, str):
+    if t != "iqr":
+      raise ValueError(f"threshold {t!r} is neither a number in (0, 1) nor 'iqr'")
+  elif not 0.0 < float(t) < 1.0:
+    raise ValueError(f"threshold {t} is out of range; give a top fraction q with 0 < q < 1, "
+                     "e.g. 0.01, or 'iqr'")
+  for name, value, least in (("n", config.n, 1), ("batch_size", config.batch_size, 1),
+                             ("topk", config.topk, 1), ("num_bins", config.num_bins, 1),
+                             ("warmup", config.warmup, 1), ("max_passes", config.max_passes, 1)):
+    if value < least:
+      raise ValueError(f"{name} is {value}, expected an integer >= {least}")
 
 
-def _batches(gen: Generator, seg: Segmenter, layer: str, n: int, batch_size: int,
-             seed: int, zdim: int) -> Callable[[], Iterator[tuple[jax.Array, jax.Array]]]:
-  """A restartable stream of (upsampled activations, labels) over the first n seeded images."""
+def infer_shapes(gen: Generator, seg: Segmenter, config: Config) -> Shapes:
+  """Shapes of the run from an abstract evaluation; raises ValueError when the models disagree."""
+  z = jax.ShapeDtypeStruct((1, config.zdim), jnp.float32)
+  try:
+    image, acts = jax.eval_shape(lambda z: gen.apply_fn(gen.params, z, capture=config.layers), z)
+  except Exception as e:  # a wrong zdim surfaces as a shape error somewhere inside the model
+    raise ValueError(f"generator does not accept z of shape [1, {config.zdim}]: {e}") from e
+  try:
+    labels = jax.eval_shape(lambda x: seg.label_fn(seg.params, x), image)
+  except Exception as e:
+    raise ValueError(f"segmenter cannot label the generator's images of shape "
+                     f"{list(image.shape[1:])}: {e}") from e
+  seg_size = tuple(labels.shape[1:3])
+  layers = {}
+  for layer in config.layers:
+    h, w, c = acts[layer].shape[1:]
+    if h > seg_size[0] or w > seg_size[1]:
+      raise ValueError(f"layer {layer} is {h}x{w}, larger than the segmentation {seg_size[0]}x"
+                       f"{seg_size[1]}; its activations cannot be upsampled to the labels. "
+                       "Use a segmenter with at least the layer's resolution or a smaller layer")
+    layers[layer] = (h, w, c)
+  return Shapes(layers, seg_size, labels.shape[3], tuple(image.shape[1:]))
+
+
+def forward_fn(gen: Generator, seg: Segmenter, layers: Sequence[str]) -> Callable:
+  """`f(z) -> (acts {layer: [B, h, w, C]}, labels [B, H, W, D])`, not jitted."""
+  layers = tuple(layers)
+
+  def forward(z):
+    image, acts = gen.apply_fn(gen.params, z, capture=layers)
+    return acts, seg.label_fn(seg.params, image)
+
+  return forward
+
+
+def _stat(config: Config, num_concepts: int, units: int, bracket: Any):
+  if config.threshold == "iqr":
+    return conditional.conditional_histogram(units, num_concepts, bracket)
+  lo, hi = bracket
+  return tail.tail_histogram(units, num_concepts, lo, hi, config.num_bins)
+
+
+def init_state(config: Config, shapes: Shapes, num_concepts: int, brackets: dict[str, Any],
+               passes: int = 0) -> State:
+  """A fresh state for a pass with the given per-layer brackets (see `warmup_brackets`)."""
+  stats = {layer: _stat(config, num_concepts, shapes.layers[layer][2], brackets[layer]).init()
+           for layer in config.layers}
+  tops = {layer: topk_stat(shapes.layers[layer][2], config.topk).init()
+          for layer in config.layers}
+  return State(stats, tops, jnp.zeros((), jnp.int32), jnp.asarray(passes, jnp.int32))
+
+
+def brackets_of(state: State, config: Config) -> dict[str, Any]:
+  """The brackets a state was built on (to rebuild its `Stat`s, e.g. after loading)."""
+  if config.threshold == "iqr":
+    return {layer: np.asarray(s.edges) for layer, s in state.stats.items()}
+  num_bins = config.num_bins
+  return {layer: (np.asarray(s.lo), np.asarray(s.lo) + np.asarray(s.width) * num_bins)
+          for layer, s in state.stats.items()}
+
+
+def tally_fn(config: Config, shapes: Shapes, num_concepts: int) -> Callable:
+  """`tally(state, acts, labels, start) -> state`: adds one batch (pure, to be jitted)."""
+  seg_size = shapes.seg_size
+
+  def tally(state: State, acts: dict[str, jax.Array], labels: jax.Array, start) -> State:
+    stats, tops = {}, {}
+    batch = labels.shape[0]
+    index = start + jnp.arange(batch, dtype=jnp.int32)
+    for layer in config.layers:
+      units = shapes.layers[layer][2]
+      a = acts[layer].astype(jnp.float32)
+      up = upsample(a, seg_size)
+      # The stats' update only reads its own configuration from the state, so a Stat rebuilt
+      # around dummy brackets updates any state of the same shape.
+      stat = _update_only(config, num_concepts, units)
+      stats[layer] = stat(state.stats[layer], up, labels)
+      peaks = jnp.max(a, axis=(1, 2))
+      tops[layer] = topk_stat(units, config.topk).update(state.tops[layer], peaks, index)
+    return State(stats, tops, state.images + batch, state.passes)
+
+  return tally
+
+
+def _update_only(config: Config, num_concepts: int, units: int) -> Callable:
+  """The update function of the layer's stat, independent of its brackets."""
+  if config.threshold == "iqr":
+    dummy = np.zeros((units, len(IQR_LEVELS)), np.float32)
+  else:
+    dummy = (np.zeros(units, np.float32), np.ones(units, np.float32))
+  return _stat(config, num_concepts, units, dummy).update
+
+
+def step_fn(gen: Generator, seg: Segmenter, config: Config, shapes: Shapes) -> Callable:
+  """Jitted `step(state, z, start) -> state`: generate, segment and tally one batch."""
+  forward = forward_fn(gen, seg, config.layers)
+  tally = tally_fn(config, shapes, len(seg.concepts))
 
   @jax.jit
-  def step(z):
-    image, acts = gen.apply_fn(gen.params, z, capture=(layer,))
-    labels = seg.label_fn(seg.params, image)
-    return upsample(acts[layer], labels.shape[1:3]), labels
+  def step(state, z, start):
+    acts, labels = forward(z)
+    return tally(state, acts, labels, start)
 
-  def stream():
-    for _, z in z_batches(n, seed, batch_size, zdim):
-      yield step(jnp.asarray(z))
-
-  return stream
+  return step
 
 
-def reference_dissect(gen: Generator, seg: Segmenter, layer: str, *, n: int, batch_size: int,
-                      seed: int = 1, q: float = 0.01, zdim: int = 512) -> LayerDissection:
-  """Dissects `layer` of `gen` with `seg` over the first `n` latents of sample `seed`."""
-  check_choice("layer", layer, gen.layers)
-  stream = _batches(gen, seg, layer, n, batch_size, seed, zdim)
-  first_acts, _ = next(stream())
-  num_units, num_concepts = first_acts.shape[-1], len(seg.concepts)
+def warmup_brackets(config: Config, shapes: Shapes,
+                    batches: Sequence[dict[str, np.ndarray]]) -> dict[str, Any]:
+  """Per-layer brackets predicted from the warmup batches' raw activations.
 
-  sketch = quantile.quantile_sketch(num_units)
-  sketch_update = jax.jit(sketch.update)
-  state = sketch.init()
-  for acts, _ in stream():
-    state = sketch_update(state, acts)
-  if int(jnp.sum(state.nonfinite)):
-    raise FloatingPointError(f"{layer}: {np.asarray(state.nonfinite).tolist()} non-finite "
-                             "activations per unit")
-  thresholds = sketch.result(state, 1.0 - q)[0]
+  Quantile mode: `(lo, hi)` per unit, the warmup's order statistics at 3q and q/3 from the top
+  (a warmup quantile shared by many pixels, such as a ReLU's zero, becomes lo itself, so the
+  threshold lands on the point mass and is exact). IQR mode: `[U, 100]` grid of the warmup's
+  quantiles at IQR_LEVELS.
+  """
+  brackets = {}
+  up = jax.jit(lambda a: upsample(a.astype(jnp.float32), shapes.seg_size))
+  for layer in config.layers:
+    units = shapes.layers[layer][2]
+    # [U, pixels] rows: numpy partitions contiguous rows several times faster than columns.
+    values = [np.ascontiguousarray(np.asarray(up(acts[layer])).reshape(-1, units).T)
+              for acts in batches]
+    finite = np.all([np.all(np.isfinite(v), axis=1) for v in values], axis=0)
+    if not finite.all():
+      bad = np.nonzero(~finite)[0]
+      raise FloatingPointError(f"{layer}: non-finite activations in units {bad[:10].tolist()}; "
+                               "dissection needs finite ones")
+    if config.threshold == "iqr":
+      brackets[layer] = _grid(np.concatenate(values, axis=1), config.seed).astype(np.float32)
+    else:
+      brackets[layer] = _tail_bracket(values, float(config.threshold))
+  return brackets
 
-  tally = iou.iou_tally(num_units, num_concepts)
-  tally_update = jax.jit(tally.update)
-  counts = tally.init()
-  for acts, labels in stream():
-    counts = tally_update(counts, acts, thresholds, labels)
-  scores = iou.iou_scores(counts)
-  scores[:, 0] = 0.0  # label 0 means "no concept"
-  label = scores.argmax(1)
-  return LayerDissection(np.asarray(thresholds), scores, label,
-                         scores[np.arange(num_units), label])
+
+def _grid(values: np.ndarray, seed: int, cap: int = 200_000) -> np.ndarray:
+  """`[U, 100]` quantiles at IQR_LEVELS of `[U, N]` values (a fixed subsample of at most cap)."""
+  if values.shape[1] > cap:
+    cols = np.random.RandomState(seed).choice(values.shape[1], cap, replace=False)
+    values = values[:, np.sort(cols)]
+  grid = np.quantile(values, IQR_LEVELS, axis=1).T
+  return np.maximum.accumulate(grid, axis=1)
+
+
+def _tail_bracket(values: list[np.ndarray], q: float) -> tuple[np.ndarray, np.ndarray]:
+  """`(lo, hi)` from `[U, N_i]` batches of values (see `warmup_brackets`)."""
+  total = sum(v.shape[1] for v in values)
+  rank_q = max(1, int(round(q * total)))  # 1-based rank from the top
+  rank_lo = min(total, 3 * rank_q)
+  rank_hi = max(1, rank_q // 3)
+  kept = None
+  for v in values:  # the union of each batch's top rank_lo values holds the global top rank_lo
+    kept = v if kept is None else np.concatenate([kept, v], axis=1)
+    if kept.shape[1] > rank_lo:
+      kept = np.partition(kept, kept.shape[1] - rank_lo, axis=1)[:, -rank_lo:]
+  top = np.sort(kept, axis=1)[:, ::-1]  # descending: top[:, r - 1] has rank r
+  at_q = top[:, rank_q - 1]
+  lo = top[:, rank_lo - 1]
+  tied = np.sum(kept == at_q[:, None], axis=1) > max(1, rank_q // 10)
+  lo = np.where(tied, at_q, lo)
+  hi = np.maximum(top[:, rank_hi - 1], lo)
+  return lo.astype(np.float32), hi.astype(np.float32)
+
+
+def layer_results(config: Config, shapes: Shapes, state: State
+                  ) -> tuple[dict[str, LayerResult], dict[str, Any]]:
+  """Results per layer, and refined brackets for the layers that need another pass."""
+  results, refine = {}, {}
+  for layer in config.layers:
+    stat = state.stats[layer]
+    nonfinite = np.asarray(stat.nonfinite)
+    if nonfinite.any():
+      bad = np.nonzero(nonfinite)[0]
+      raise FloatingPointError(f"{layer}: non-finite activations in units {bad[:10].tolist()} "
+                               f"({int(nonfinite.sum())} values); dissection needs finite ones")
+    if int(stat.bad_labels):
+      raise ValueError(f"segmenter produced {int(stat.bad_labels)} label values outside "
+                       f"[0, {stat.pixels.shape[0]})")
+    top = topk_stat(shapes.layers[layer][2], config.topk).result(state.tops[layer])
+    if config.threshold == "iqr":
+      thresholds, scores, iqr = _iqr_result(stat)
+      bound = np.zeros(len(thresholds))
+    else:
+      res = tail.tail_iou(stat, float(config.threshold))
+      thresholds, scores, iqr = res.thresholds, res.iou, np.zeros(len(res.thresholds))
+      bound = np.max(np.maximum(res.iou_high - res.iou, res.iou - res.iou_low), axis=1)
+      bound = np.where(res.resolved, bound, 1.0)
+      lo, hi, redo = tail.refine_brackets(stat, res, config.iou_tolerance)
+      if redo.any():
+        refine[layer] = (lo, hi)
+    label = np.argmax(scores, axis=1) if config.threshold != "iqr" else iqr[1]
+    iqr_value = iqr if config.threshold != "iqr" else iqr[0]
+    units = np.arange(len(thresholds))
+    results[layer] = LayerResult(
+        layer=layer, shape=shapes.layers[layer], thresholds=np.asarray(thresholds, np.float64),
+        iou=scores.astype(np.float32), label=label, best_iou=scores[units, label],
+        iou_bound=bound, iqr=np.asarray(iqr_value, np.float64),
+        top_values=np.asarray(top.values), top_indices=np.asarray(top.indices))
+  return results, refine
+
+
+def _iqr_result(stat: conditional.ConditionalState):
+  """Thresholds `[U]`, exact IoU `[U, K]` at them and (iqr `[U]`, label `[U]`)."""
+  chosen = conditional.iqr_thresholds(stat)
+  above = np.asarray(stat.above, np.float64)  # [K, U, T]
+  units = np.arange(above.shape[1])
+  ic = above[:, units, chosen.level_index]  # [K, U]
+  active = ic[0]
+  concept = np.asarray(stat.pixels, np.float64)[:, None]
+  union = active[None] + concept - ic
+  scores = np.where(union > 0, ic / np.maximum(union, 1.0), 0.0).T
+  scores[:, 0] = 0.0
+  return chosen.thresholds, scores, (chosen.iqr, chosen.labels)
+
+
+class Run(NamedTuple):
+  """Everything a driver needs: config, shapes, the jitted step, the activations of a batch
+  (`generate(z) -> {layer: acts}`) and the number of concepts."""
+
+  config: Config
+  shapes: Shapes
+  step: Callable
+  generate: Callable
+  num_concepts: int
+
+
+def prepare(gen: Generator, seg: Segmenter, config: Config) -> Run:
+  """Checks the config against the models and builds the jitted functions of a run."""
+  check_config(config, gen)
+  shapes = infer_shapes(gen, seg, config)
+  num_concepts = len(seg.concepts)
+  generate = jax.jit(lambda z: gen.apply_fn(gen.params, z, capture=config.layers)[1])
+  return Run(config, shapes, step_fn(gen, seg, config, shapes), generate, num_concepts)
+
+
+def start(run: Run) -> State:
+  """Predicts every unit's bracket from the first `warmup` images; returns the empty state.
+
+  The warmup runs the generator only; its images are tallied again by the pass itself, which
+  costs warmup / n of a generator pass and keeps one compiled step for every batch.
+  """
+  config = run.config
+  warm = min(config.n, config.warmup)
+  batches = [jax.device_get(run.generate(jnp.asarray(z)))
+             for _, z in z_batches(warm, config.seed, config.batch_size, config.zdim)]
+  brackets = warmup_brackets(config, run.shapes, batches)
+  return init_state(config, run.shapes, run.num_concepts, brackets)
+
+
+def remaining(run: Run, state: State):
+  """Yields `(start, z)` for the batches of the current pass not yet tallied."""
+  done = int(state.images)
+  yield from z_batches(run.config.n, run.config.seed, run.config.batch_size, run.config.zdim,
+                       start=done)
+
+
+def finish(run: Run, state: State) -> tuple[dict[str, LayerResult] | None, State | None]:
+  """Results when every unit is within tolerance (or passes ran out), else the next pass's state."""
+  results, refine = layer_results(run.config, run.shapes, state)
+  passes = int(state.passes) + 1
+  if not refine or passes >= run.config.max_passes:
+    return results, None
+  brackets = brackets_of(state, run.config)
+  brackets.update(refine)
+  return None, init_state(run.config, run.shapes, run.num_concepts, brackets, passes)
+
+
+def dissect(gen: Generator, seg: Segmenter, config: Config,
+            on_batch: Callable[[State], None] | None = None,
+            state: State | None = None) -> dict[str, LayerResult]:
+  """Dissects `config.layers` of `gen` with `seg` over the first `config.n` latents.
+
+  `on_batch(state)` is called after every batch (progress, checkpoints); `state` resumes a run.
+  """
+  run = prepare(gen, seg, config)
+  if state is None:
+    state = start(run)
+  while True:
+    for first, z in remaining(run, state):
+      state = run.step(state, jnp.asarray(z), jnp.int32(first))
+      if on_batch is not None:
+        on_batch(state)
+    results, state = finish(run, state)
+    if results is not None:
+      return results
+
+
+def template_state(run: Run) -> State:
+  """A state with the shapes and dtypes of this run's states (to load a checkpoint into)."""
+  dummy = {}
+  for layer, (_, _, units) in run.shapes.layers.items():
+    if run.config.threshold == "iqr":
+      dummy[layer] = np.zeros((units, len(IQR_LEVELS)), np.float32)
+    else:
+      dummy[layer] = (np.zeros(units, np.float32), np.ones(units, np.float32))
+  return init_state(run.config, run.shapes, run.num_concepts, dummy)
+
+
+def state_to_tree(state: State) -> dict:
+  """Plain nested dicts of arrays (what checkpoints store)."""
+  return {"stats": {k: dict(v._asdict()) for k, v in state.stats.items()},
+          "tops": {k: dict(v._asdict()) for k, v in state.tops.items()},
+          "images": state.images, "passes": state.passes}
+
+
+def state_from_tree(tree: dict, like: State) -> State:
+  """Inverse of `state_to_tree`, with the NamedTuple types of `like`."""
+  stats = {k: type(like.stats[k])(**v) for k, v in tree["stats"].items()}
+  tops = {k: type(like.tops[k])(**v) for k, v in tree["tops"].items()}
+  return State(stats, tops, jnp.asarray(tree["images"]), jnp.asarray(tree["passes"]))

@@ -41,7 +41,9 @@ def _planted_segmenter() -> Segmenter:
   return planted.make_oracle_segmenter()
 
 
-def _zdim(name: str) -> int:
+def latent_dim(name: str) -> int:
+  """The latent size of the registered generator `name`."""
+  check_choice("model", name, GENERATORS)
   if name == "sceneworld":
     from jaxdissect.sceneworld import gan
     return gan.ZDIM
@@ -74,4 +76,4 @@ def load_segmenter(name: str = "sceneworld") -> Segmenter:
 def load_world(name: str = "sceneworld") -> World:
   """Generator, segmenter and latent size of a built-in world: 'sceneworld' or 'planted'."""
   check_choice("world", name, GENERATORS)
-  return World(load_generator(name), load_segmenter(name), _zdim(name))
+  return World(load_generator(name), load_segmenter(name), latent_dim(name))

@@ -20,14 +20,19 @@ def standard_z(n: int, seed: int, dim: int = 512) -> np.ndarray:
   return np.random.RandomState(seed).standard_normal(n * dim).reshape(n, dim).astype(np.float32)
 
 
-def z_batches(n: int, seed: int, batch_size: int,
-              dim: int = 512) -> Iterator[tuple[int, np.ndarray]]:
-  """Yields `(start, z[start:start + batch_size])` over `standard_z(n, seed, dim)`, lazily."""
+def z_batches(n: int, seed: int, batch_size: int, dim: int = 512,
+              start: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+  """Yields `(first, z[first:first + batch_size])` over `standard_z(n, seed, dim)`, lazily,
+  beginning at row `start` (the rows before it are drawn and dropped, a chunk at a time)."""
   _check_counts(n=n, dim=dim)
   if batch_size < 1:
     raise ValueError(f"batch_size is {batch_size}, expected a positive integer")
+  if not 0 <= start <= n:
+    raise ValueError(f"start is {start}, expected 0 <= start <= n = {n}")
   rng = np.random.RandomState(seed)
-  for start in range(0, n, batch_size):
+  for skip in range(0, start, 4096):
+    rng.standard_normal(min(4096, start - skip) * dim)
+  for start in range(start, n, batch_size):
     rows = min(batch_size, n - start)
     yield start, rng.standard_normal(rows * dim).reshape(rows, dim).astype(np.float32)
 

@@ -107,7 +107,7 @@ def _iou_table(acts, lab, quantile=0.99):
 
 def test_iou_ranks_the_planted_unit_first_with_a_clear_margin(world):
   gen, seg, run, labels = world
-  image, acts = run(gen.params, zsample.standard_z(128, 2, planted.ZDIM), None,
+  image, acts = run(gen.params, zsample.standard_z(1000, 2, planted.ZDIM), None,
                     capture=("layer2",))
   iou = _iou_table(acts["layer2"], np.asarray(labels(seg.params, image))[..., 0])
   for concept, (_, unit) in planted.PLANTED.items():
