@@ -16,13 +16,15 @@ intersection counts are linear interpolations, and `tail_iou` also returns hard 
 from the two edges of that bin. Callers refine (`refine_brackets`) the units whose bound is too
 wide, or whose threshold fell outside the bracket, and run the pass again.
 
-Ties: bin 0 includes lo itself, and `at_lo` counts values equal to lo. When the threshold is a
+Ties: bin 0 includes lo itself; the histogram keeps values equal to lo in a cell of their own. When the threshold is a
 value shared by many pixels (a ReLU's zero, a dead unit), choose lo equal to that value: the
 quantile then lands in the point mass at lo, the threshold is lo exactly and "on" means a > lo,
 as for an exact quantile, with no interpolation.
 
 Cost per pixel and unit: one bin index and (1 + D) scatter-adds for D label channels, whatever T
-is. Memory: K * U * (T + 2) int32.
+is. Memory: K * U * (T + 3) int32. Extremes and non-finite counts, which only need bounds, are
+taken from the raw featuremap when the caller passes it (upsampling is a convex combination, so
+the raw extremes bound the upsampled ones), sparing passes over the 10-100x larger upsampled maps.
 """
 
 from __future__ import annotations
@@ -45,18 +47,18 @@ class TailState(NamedTuple):
   Attributes:
     lo: `[U]` float32, lower end of the bracket (configuration).
     width: `[U]` float32, bin width, > 0 (configuration).
-    hist: `[K, U, T + 2]` int32, pixels of row c (0: all) in each bin of unit u.
-    at_lo: `[U]` int32, finite activations exactly equal to lo.
+    hist: `[K, U, T + 3]` int32, pixels of row c (0: all) per cell of unit u: cell 0 below lo,
+      cell 1 equal to lo, cell 1 + j bin j (1..T), cell T + 2 above hi.
     pixels: `[K]` int32, pixels of row c (row 0: all pixels).
-    minimum, maximum: `[U]` float32, exact extremes of the finite activations.
-    nonfinite: `[U]` int32, non-finite activations (left out).
+    minimum, maximum: `[U]` float32, bounds on the finite activations (exact extremes, or those
+      of the raw featuremap).
+    nonfinite: `[U]` int32, non-finite activations (the tally is invalid when > 0).
     bad_labels: `[]` int32, label entries outside `[0, K)` (ignored).
   """
 
   lo: jax.Array
   width: jax.Array
   hist: jax.Array
-  at_lo: jax.Array
   pixels: jax.Array
   minimum: jax.Array
   maximum: jax.Array
@@ -75,7 +77,8 @@ def tail_histogram(num_units: int, num_concepts: int, lo: np.ndarray, hi: np.nda
                    num_bins: int = 2048) -> Stat:
   """Per-concept fine histograms of each unit over the bracket `[lo[u], hi[u]]`.
 
-  Returns a `Stat`: update(state, acts [B, H, W, U], labels [B, H, W, D]) -> state;
+  Returns a `Stat`: update(state, acts [B, H, W, U], labels [B, H, W, D], raw=None) -> state,
+  where `raw [B, h, w, U]` is the featuremap `acts` was upsampled from (optional; see above);
   merge adds counts; result is `tail_iou` (needs q: call it directly).
   """
   lo = np.asarray(lo, np.float32)
@@ -87,8 +90,8 @@ def tail_histogram(num_units: int, num_concepts: int, lo: np.ndarray, hi: np.nda
     raise ValueError(f"bracket of unit {bad} is [{lo[bad]}, {hi[bad]}]; need finite lo <= hi")
   if num_bins < 1 or num_concepts < 1:
     raise ValueError(f"need num_bins >= 1 and num_concepts >= 1, got {num_bins}, {num_concepts}")
-  if num_concepts * num_units * (num_bins + 2) >= 2**31:
-    raise ValueError(f"tail histogram of [{num_concepts}, {num_units}, {num_bins + 2}] cells "
+  if num_concepts * num_units * (num_bins + 3) >= 2**31:
+    raise ValueError(f"tail histogram of [{num_concepts}, {num_units}, {num_bins + 3}] cells "
                      "exceeds int32 indexing; use fewer bins")
   width = bracket_width(lo, hi, num_bins)
 
@@ -96,41 +99,45 @@ def tail_histogram(num_units: int, num_concepts: int, lo: np.ndarray, hi: np.nda
     zeros = lambda *shape: jnp.zeros(shape, jnp.int32)
     return TailState(
         lo=jnp.asarray(lo), width=jnp.asarray(width),
-        hist=zeros(num_concepts, num_units, num_bins + 2), at_lo=zeros(num_units),
+        hist=zeros(num_concepts, num_units, num_bins + 3),
         pixels=zeros(num_concepts),
         minimum=jnp.full((num_units,), jnp.inf, jnp.float32),
         maximum=jnp.full((num_units,), -jnp.inf, jnp.float32),
         nonfinite=zeros(num_units), bad_labels=zeros())
 
-  def update(state: TailState, acts: jax.Array, labels: jax.Array) -> TailState:
+  def update(state: TailState, acts: jax.Array, labels: jax.Array,
+             raw: jax.Array | None = None) -> TailState:
     acts, labels = jnp.asarray(acts), jnp.asarray(labels)
     check_shape("acts", acts.shape, (None, None, None, num_units))
     check_labels(labels, acts.shape[:3])
+    if raw is not None:
+      check_shape("raw", raw.shape, (acts.shape[0], None, None, num_units))
     return merge_tail(state, _batch_tally(state.lo, state.width, acts, labels, num_concepts,
-                                          num_bins))
+                                          num_bins, raw))
 
   return Stat(init, update, merge_tail, None)
 
 
 def _batch_tally(lo: jax.Array, width: jax.Array, acts: jax.Array, labels: jax.Array,
-                 num_concepts: int, num_bins: int) -> TailState:
+                 num_concepts: int, num_bins: int, raw: jax.Array | None) -> TailState:
   num_pixels = acts.shape[0] * acts.shape[1] * acts.shape[2]
   num_units = acts.shape[-1]
   acts = acts.reshape(num_pixels, num_units).astype(jnp.float32)
   labels = labels.reshape(num_pixels, -1)
-  finite = jnp.isfinite(acts)
-  bins = jnp.clip(jnp.ceil((acts - lo) / width), 0, num_bins + 1)
-  bins = jnp.where(acts > lo, jnp.maximum(bins, 1), 0).astype(jnp.int32)
+  # Cells: 0 below lo (and NaN), 1 equal to lo, 1 + j for bin j, T + 2 above hi (and +inf).
+  bins = jnp.clip(jnp.ceil((acts - lo) / width), 1, num_bins + 1) + 1
+  cells = jnp.where(acts > lo, bins, jnp.where(acts == lo, 1, 0)).astype(jnp.int32)
   label_rows = _label_rows(labels, num_concepts)
   rows = jnp.concatenate([jnp.zeros((num_pixels, 1), jnp.int32), label_rows], axis=1)
-  hist = _histogram(bins, finite, rows, num_concepts, num_bins + 1)
+  hist = _histogram(cells, True, rows, num_concepts, num_bins + 2)
   pixels = jnp.zeros((num_concepts,), jnp.int32).at[label_rows.ravel()].add(1, mode="drop")
+  bound = acts if raw is None else raw.reshape(-1, num_units).astype(jnp.float32)
+  finite = jnp.isfinite(bound)
   return TailState(
       lo=lo, width=width, hist=hist,
-      at_lo=jnp.sum(finite & (acts == lo), axis=0, dtype=jnp.int32),
       pixels=pixels.at[0].set(num_pixels),
-      minimum=jnp.min(jnp.where(finite, acts, jnp.inf), axis=0),
-      maximum=jnp.max(jnp.where(finite, acts, -jnp.inf), axis=0),
+      minimum=jnp.min(jnp.where(finite, bound, jnp.inf), axis=0),
+      maximum=jnp.max(jnp.where(finite, bound, -jnp.inf), axis=0),
       nonfinite=jnp.sum(~finite, axis=0, dtype=jnp.int32),
       bad_labels=count_bad_labels(labels, num_concepts))
 
@@ -138,7 +145,7 @@ def _batch_tally(lo: jax.Array, width: jax.Array, acts: jax.Array, labels: jax.A
 def merge_tail(a: TailState, b: TailState) -> TailState:
   """Adds the counts of two tallies over the same brackets (a's brackets are kept)."""
   return TailState(
-      lo=a.lo, width=a.width, hist=a.hist + b.hist, at_lo=a.at_lo + b.at_lo,
+      lo=a.lo, width=a.width, hist=a.hist + b.hist,
       pixels=a.pixels + b.pixels, minimum=jnp.minimum(a.minimum, b.minimum),
       maximum=jnp.maximum(a.maximum, b.maximum), nonfinite=a.nonfinite + b.nonfinite,
       bad_labels=a.bad_labels + b.bad_labels)
@@ -183,8 +190,10 @@ def tail_iou(state: TailState, q: float) -> TailResult:
   """
   if not 0.0 < q < 1.0:
     raise ValueError(f"q is {q}, expected 0 < q < 1")
-  hist = np.asarray(state.hist, np.float64)  # [K, U, T + 2]
-  num_concepts, num_units, num_cells = hist.shape
+  cells = np.asarray(state.hist, np.float64)  # [K, U, T + 3]
+  at_lo = cells[0, :, 1]
+  hist = np.concatenate([cells[..., :1] + cells[..., 1:2], cells[..., 2:]], axis=-1)
+  num_concepts, num_units, num_cells = hist.shape  # bin 0 now holds everything <= lo
   num_bins = num_cells - 2
   above = np.cumsum(hist[..., ::-1], axis=-1)[..., ::-1]  # above[.., j] = count in bins >= j
   above = np.concatenate([above, np.zeros_like(above[..., :1])], axis=-1)  # [K, U, T + 3]
@@ -195,7 +204,6 @@ def tail_iou(state: TailState, q: float) -> TailResult:
   units = np.arange(num_units)
   lo = np.asarray(state.lo, np.float64)
   width = np.asarray(state.width, np.float64)
-  at_lo = np.asarray(state.at_lo, np.float64)
   # The bin j with above[0, u, j + 1] <= target < above[0, u, j].
   j = np.sum(above[0, :, 1:] > target[:, None], axis=1)  # in [0, T + 1]
   upper = above[:, units, j + 1]  # [K, U] counts in bins above j
@@ -242,7 +250,7 @@ def refine_brackets(state: TailState, result: TailResult, tolerance: float
   """
   lo = np.asarray(state.lo, np.float64)
   width = np.asarray(state.width, np.float64)
-  num_bins = state.hist.shape[-1] - 2
+  num_bins = state.hist.shape[-1] - 3
   hi = lo + width * num_bins
   mn, mx = np.asarray(state.minimum, np.float64), np.asarray(state.maximum, np.float64)
   spread = np.max(result.iou_high - result.iou_low, axis=1)
