@@ -1,6 +1,6 @@
-"""Benchmarks of the statistics core and the ProgGAN-256 generator, measured in one run.
+"""Benchmarks of the statistics core, the ProgGAN-256 generator and one-pass dissection.
 
-Command (about 2-3 minutes on 2 CPU cores):
+Command for the statistics core (about 2-3 minutes on 2 CPU cores):
 
   python -m experiments.benchmark --out benchmark.json
 
@@ -12,12 +12,36 @@ What it measures, all in the same process so ratios are meaningful on a noisy ma
       large float32 matmul (the practical limit of this machine);
   (c) the quantile sketch's memory in bytes.
 It writes a JSON record and logs a Markdown table for BENCHMARKS.md.
+
+Command for dissection against a bare generator+segmenter pass (`--parts` picks a subset):
+
+  python -m experiments.benchmark --what=dissect --out benchmark_dissect.json
+
+  (light) the scene world, layer4 alone and layers layer1..layer10: a jitted generator forward
+      capturing the layers plus the segmenter's labels over `--light_n` images (compile excluded)
+      against `dissect.dissect` over the same images, with and without compilation (the warmup
+      included), and the two-pass `reference_dissect` of layer4;
+  (heavy) ProgGAN-256 (LSUN sizes, random weights) with the scene segmenter on 4x average-pooled
+      images, layer4 (8x8x512) upsampled to 64x64: bare pass against one-pass dissection over
+      `--heavy_n` images;
+  (memory) peak RSS of `python -m experiments.dissect` on layer4,layer6 for each `--memory_n`,
+      each in a fresh subprocess.
+Every part's timings repeat `--repeats` times, interleaved, and report medians; each ratio is the
+median of the per-repeat ratios, and each repeat's denominator is the mean of a bare pass run
+just before and one just after the timings it divides. Per-stage costs per image come from timing
+each stage's jitted function alone on one batch. The whole run takes about 15-20 minutes on 2
+shared CPU cores.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 
 from absl import app, flags, logging
@@ -25,15 +49,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdissect import dissect, reference, zoo
+from jaxdissect.model import Segmenter
 from jaxdissect.stats import iou, quantile
+from jaxdissect.zsample import z_batches
 from ports import proggan
 
-_OUT = flags.DEFINE_string("out", "benchmark.json", "Where to write the JSON results.")
+_WHAT = flags.DEFINE_enum("what", "stats", ["stats", "dissect"],
+                          "stats: statistics core vs generator; dissect: one-pass dissection vs "
+                          "a bare generator+segmenter pass.")
+_OUT = flags.DEFINE_string("out", None, "Where to write the JSON results (default "
+                           "benchmark.json, or benchmark_dissect.json with --what=dissect).")
 _BATCH = flags.DEFINE_integer("batch", 32, "Images per statistics batch.")
 _GEN_BATCH = flags.DEFINE_integer("gen_batch", 4, "Images per generator batch.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repetitions (after one warm-up).")
 _CONCEPTS = flags.DEFINE_integer("concepts", 64, "Concepts in the IoU tally.")
 _SUBSAMPLE = flags.DEFINE_integer("subsample", 4, "Pixel stride per axis for the sketch.")
+_PARTS = flags.DEFINE_list("parts", ["light", "heavy", "memory"],
+                           "With --what=dissect: the workloads to measure.")
+_LIGHT_N = flags.DEFINE_integer("light_n", 1000, "Images of the scene-world workload.")
+_LIGHT_BATCH = flags.DEFINE_integer("light_batch", 100, "Batch size of the scene-world workload.")
+_HEAVY_N = flags.DEFINE_integer("heavy_n", 200, "Images of the ProgGAN-256 workload.")
+_HEAVY_BATCH = flags.DEFINE_integer("heavy_batch", 10, "Batch size of the ProgGAN-256 workload.")
+_MEMORY_N = flags.DEFINE_list("memory_n", ["1000", "10000"],
+                              "Image counts whose dissection peak RSS is compared.")
 
 
 def timed(fn, *args, repeats: int) -> float:
@@ -162,15 +201,308 @@ def markdown(r: dict) -> str:
   return "\n".join(lines)
 
 
+# Dissection against a bare generator+segmenter pass (issue 4).
+
+
+def pooled_segmenter(seg: Segmenter, factor: int) -> Segmenter:
+  """`seg` applied to images average-pooled `factor`x: a stand-in segmenter for large images."""
+
+  def pool(x: jax.Array) -> jax.Array:
+    b, h, w, c = x.shape
+    return x.reshape(b, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
+
+  return Segmenter(lambda p, x: seg.segment_fn(p, pool(x)), lambda p, x: seg.label_fn(p, pool(x)),
+                   seg.params, seg.concepts)
+
+
+def bare_forward(gen, seg, config: dissect.Config):
+  """The jitted generator (capturing the config's layers) + segmenter labels, compiled."""
+  forward = jax.jit(dissect.forward_fn(gen, seg, config.layers))
+  jax.block_until_ready(forward(jnp.zeros((config.batch_size, config.zdim), jnp.float32)))
+  return forward
+
+
+def bare_pass(forward, config: dissect.Config) -> float:
+  """Wall seconds of `forward` over the config's n latents, batch by batch."""
+  start = time.perf_counter()
+  for _, z in z_batches(config.n, config.seed, config.batch_size, config.zdim):
+    jax.block_until_ready(forward(jnp.asarray(z)))
+  return time.perf_counter() - start
+
+
+def around_bare(forward, config: dissect.Config, measure) -> tuple[float, dict]:
+  """Runs `measure() -> dict` between two bare passes (drift on a shared machine hits both
+  sides); returns the bare passes' mean and the dict with both bare times added."""
+  before = bare_pass(forward, config)
+  sample = measure()
+  after = bare_pass(forward, config)
+  sample.update(bare_before_s=before, bare_after_s=after)
+  return (before + after) / 2, sample
+
+
+def compiled_run(gen, seg, config: dissect.Config) -> dissect.Run:
+  """A prepared run whose generator and step are already compiled for the config's batch size."""
+  run = dissect.prepare(gen, seg, config)
+  z = jnp.zeros((config.batch_size, config.zdim), jnp.float32)
+  jax.block_until_ready(run.generate(z))
+  jax.block_until_ready(run.step(dissect.template_state(run), z, jnp.int32(0)))
+  return run
+
+
+def dissection_pass(run: dissect.Run) -> dict:
+  """Seconds of a whole dissection on a compiled run, driven as `dissect.dissect` drives it."""
+  times = {"warmup_s": 0.0, "tally_s": 0.0, "finish_s": 0.0, "passes": 0}
+  start = time.perf_counter()
+  state = dissect.start(run)
+  times["warmup_s"] = time.perf_counter() - start
+  while True:
+    t0 = time.perf_counter()
+    for first, z in dissect.remaining(run, state):
+      state = run.step(state, jnp.asarray(z), jnp.int32(first))
+    jax.block_until_ready(state)
+    t1 = time.perf_counter()
+    results, state = dissect.finish(run, state)
+    times["tally_s"] += t1 - t0
+    times["finish_s"] += time.perf_counter() - t1
+    times["passes"] += 1
+    if results is not None:
+      break
+  times["total_s"] = time.perf_counter() - start
+  return times
+
+
+def stage_costs(gen, seg, run: dissect.Run, repeats: int) -> dict:
+  """Milliseconds per image of each stage of a step, each jitted alone and timed on one batch.
+
+  `tally` is everything the step adds to the bare pass: upsampling, binning, the per-concept
+  scatter-adds and the top-k; `step` is the fused generate + segment + tally.
+  """
+  config, shapes = run.config, run.shapes
+  batch = config.batch_size
+  _, z = next(z_batches(batch, config.seed, batch, config.zdim))
+  z = jnp.asarray(z)
+  generate = jax.jit(lambda z: gen.apply_fn(gen.params, z, capture=config.layers))
+  label = jax.jit(lambda x: seg.label_fn(seg.params, x))
+  image, acts = generate(z)
+  labels = label(image)
+  brackets = dissect.warmup_brackets(config, shapes, [jax.device_get(acts)])
+  state = dissect.init_state(config, shapes, run.num_concepts, brackets)
+  tally = jax.jit(dissect.tally_fn(config, shapes, run.num_concepts))
+  first = jnp.int32(0)
+  ms = lambda fn, *args: timed(fn, *args, repeats=repeats) / batch * 1e3
+  return {"generator_ms": ms(generate, z), "segmenter_ms": ms(label, image),
+          "tally_ms": ms(tally, state, acts, labels, first),
+          "step_ms": ms(run.step, state, z, first)}
+
+
+def _median(values) -> float:
+  return float(np.median(values))
+
+
+def _summary(samples: list[dict], bare: list[float]) -> dict:
+  """Medians of each timing and of the per-repeat ratios to the bare pass."""
+  out = {"bare_s": _median(bare), "runs": samples}
+  for key in samples[0]:
+    out[key] = _median([s[key] for s in samples])
+  for key in ("total_s", "tally_s", "with_compile_s", "reference_s"):
+    if key in samples[0]:
+      out[key[:-2] + "_ratio"] = _median([s[key] / b for s, b in zip(samples, bare)])
+  return out
+
+
+def bench_light(repeats: int) -> dict:
+  """Scene world, layer4 and all ten layers: bare pass vs one-pass (and two-pass) dissection."""
+  world = zoo.load_world("sceneworld")
+  gen, seg = world.generator, world.segmenter
+  workloads = {"layer4": ("layer4",), "all": tuple(gen.layers[:-1])}
+  configs = {name: dissect.Config(layers, _LIGHT_N.value, world.zdim,
+                                  batch_size=_LIGHT_BATCH.value)
+             for name, layers in workloads.items()}
+  forwards = {name: bare_forward(gen, seg, c) for name, c in configs.items()}
+  runs = {name: compiled_run(gen, seg, c) for name, c in configs.items()}
+  bare = {name: [] for name in workloads}
+  samples = {name: [] for name in workloads}
+  c4 = configs["layer4"]
+
+  def measure(name: str, config: dissect.Config) -> dict:
+    sample = dissection_pass(runs[name])
+    start = time.perf_counter()
+    dissect.dissect(gen, seg, config)  # builds and compiles its own functions
+    sample["with_compile_s"] = time.perf_counter() - start
+    if name == "layer4":
+      start = time.perf_counter()
+      reference.reference_dissect(gen, seg, "layer4", n=c4.n, batch_size=c4.batch_size,
+                                  seed=c4.seed, q=c4.threshold, zdim=c4.zdim)
+      sample["reference_s"] = time.perf_counter() - start
+    return sample
+
+  for r in range(repeats):
+    for name, config in configs.items():
+      mean, sample = around_bare(forwards[name], config, functools.partial(measure, name, config))
+      bare[name].append(mean)
+      samples[name].append(sample)
+      logging.info("light %s repeat %d: bare %.2f s, %s", name, r + 1, bare[name][-1],
+                   {k: round(v, 2) for k, v in sample.items()})
+  out = {"n": _LIGHT_N.value, "batch": _LIGHT_BATCH.value}
+  for name in workloads:
+    out[name] = {"layers": list(workloads[name]), **_summary(samples[name], bare[name]),
+                 **stage_costs(gen, seg, runs[name], repeats)}
+  return out
+
+
+def bench_heavy(repeats: int) -> dict:
+  """ProgGAN-256 layer4 with a pooled scene segmenter: bare pass vs one-pass dissection."""
+  gen = proggan.make_generator(proggan.LSUN_SIZES, jax.random.key(0))
+  seg = pooled_segmenter(zoo.load_segmenter("sceneworld"), 4)
+  config = dissect.Config(("layer4",), _HEAVY_N.value, proggan.LSUN_SIZES[0],
+                          batch_size=_HEAVY_BATCH.value)
+  forward = bare_forward(gen, seg, config)
+  start = time.perf_counter()
+  run = compiled_run(gen, seg, config)
+  compile_s = time.perf_counter() - start
+  bare, samples = [], []
+  for r in range(repeats):
+    mean, sample = around_bare(forward, config, lambda: dissection_pass(run))
+    bare.append(mean)
+    samples.append(sample)
+    logging.info("heavy repeat %d: bare %.2f s, %s", r + 1, bare[-1],
+                 {k: round(v, 2) for k, v in samples[-1].items()})
+  out = {"n": config.n, "batch": config.batch_size, "warmup": config.warmup,
+         "compile_s": compile_s, **_summary(samples, bare),
+         **stage_costs(gen, seg, run, repeats)}
+  # At n images the warmup (a fixed `warmup` images) is amortised over more tallied images.
+  big = 10000
+  per_image = [(s["tally_s"] / config.n, s["warmup_s"] + s["finish_s"]) for s in samples]
+  out["projected_n"] = big
+  out["projected_ratio"] = _median([(p * big + fixed) / (b / config.n * big)
+                                    for (p, fixed), b in zip(per_image, bare)])
+  return out
+
+
+# Runs argv[1:] with stdout discarded and prints its peak RSS in KiB; exits with its status.
+_RSS_LAUNCHER = ("import os, subprocess, sys; "
+                 "p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL); "
+                 "_, status, usage = os.wait4(p.pid, 0); print(usage.ru_maxrss); "
+                 "sys.exit(os.waitstatus_to_exitcode(status))")
+
+
+def peak_rss(cmd: list[str], cwd: str) -> tuple[int, float]:
+  """Peak resident set size in bytes and wall seconds of a process running `cmd`.
+
+  Linux carries a process's RSS high-water mark across exec, so a child started straight from
+  this (large) process would report at least this process's RSS. A small launcher process starts
+  the child and reads its own peak with `os.wait4` (RUSAGE_CHILDREN would give the largest of
+  all children waited for so far).
+  """
+  with tempfile.TemporaryFile() as err:
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _RSS_LAUNCHER, *cmd], cwd=cwd,
+                          stdout=subprocess.PIPE, stderr=err, check=False)
+    seconds = time.perf_counter() - start
+    if proc.returncode:
+      err.seek(0)
+      tail = err.read().decode(errors="replace")[-2000:]
+      raise RuntimeError(f"{' '.join(cmd)} exited with status {proc.returncode}:\n{tail}")
+  return int(proc.stdout.split()[-1]) * 1024, seconds  # ru_maxrss is in KiB on Linux
+
+
+def bench_memory() -> dict:
+  """Peak RSS of a two-layer scene-world dissection for each --memory_n, each in a fresh process."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = {"commands": [], "peak_rss_bytes": [], "wall_s": [], "n": []}
+  for n in (int(v) for v in _MEMORY_N.value):
+    with tempfile.TemporaryDirectory() as outdir:
+      cmd = [sys.executable, "-m", "experiments.dissect", "--quiet", "--images=false",
+             "--outdir", outdir, "--layers", "layer4,layer6", "--n", str(n), "--fresh"]
+      rss, seconds = peak_rss(cmd, root)
+    logging.info("memory n=%d: peak RSS %.0f MiB, %.0f s", n, rss / 2**20, seconds)
+    out["commands"].append(" ".join(["python"] + cmd[1:6] + ["TMP"] + cmd[7:]))
+    for key, value in (("n", n), ("peak_rss_bytes", rss), ("wall_s", seconds)):
+      out[key].append(value)
+  out["ratio"] = out["peak_rss_bytes"][-1] / out["peak_rss_bytes"][0]
+  return out
+
+
+def bench_dissect(repeats: int, path: str, header: dict) -> dict:
+  """Runs the parts named by --parts, writing the JSON record to `path` after each."""
+  parts = {"light": lambda: bench_light(repeats), "heavy": lambda: bench_heavy(repeats),
+           "memory": bench_memory}
+  for part in _PARTS.value:
+    if part not in parts:
+      raise app.UsageError(f"--parts: unknown part {part!r}; valid parts are {list(parts)}")
+  result = {"repeats": repeats}
+  for part in _PARTS.value:
+    start = time.perf_counter()
+    result[part] = parts[part]()
+    logging.info("%s part done in %.0f s", part, time.perf_counter() - start)
+    with open(path, "w") as f:
+      json.dump({**header, **result}, f, indent=2)
+  return result
+
+
+def dissect_markdown(r: dict) -> str:
+  """Markdown tables of the dissection benchmark for BENCHMARKS.md."""
+  lines = []
+  if "light" in r:
+    light = r["light"]
+    lines += [f"Light: scene world, n={light['n']}, batch {light['batch']} "
+              f"(medians of {r['repeats']} repeats; ratio = median of per-repeat ratios).", "",
+              "| layers | bare gen+seg (s) | one-pass, compile excluded (s) | x bare "
+              "| one-pass incl. compile (s) | x bare | passes |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for name in ("layer4", "all"):
+      w = light[name]
+      lines.append(f"| {name} | {w['bare_s']:.2f} | {w['total_s']:.2f} | {w['total_ratio']:.1f} "
+                   f"| {w['with_compile_s']:.2f} | {w['with_compile_ratio']:.1f} "
+                   f"| {w['passes']:.0f} |")
+    w = light["layer4"]
+    lines += ["", f"Two-pass reference, layer4 (compile included): {w['reference_s']:.2f} s = "
+              f"{w['reference_ratio']:.1f}x the bare pass.", ""]
+  heavy = r.get("heavy")
+  if heavy:
+    lines += [f"Heavy: ProgGAN-256 layer4 -> 64x64, pooled scene segmenter, n={heavy['n']}, "
+              f"batch {heavy['batch']}, warmup {heavy['warmup']} images.", "",
+              "| bare gen+seg (s) | one-pass, compile excluded (s) | x bare "
+              f"| tally pass only (s) | x bare | projected x bare at n={heavy['projected_n']} |",
+              "|---:|---:|---:|---:|---:|---:|",
+              f"| {heavy['bare_s']:.1f} | {heavy['total_s']:.1f} | {heavy['total_ratio']:.2f} | "
+              f"{heavy['tally_s']:.1f} | {heavy['tally_ratio']:.2f} | "
+              f"{heavy['projected_ratio']:.2f} |", ""]
+  rows = [(f"scene {name}", r["light"][name]) for name in ("layer4", "all") if "light" in r]
+  rows += [("ProgGAN-256 layer4", heavy)] if heavy else []
+  if rows:
+    lines += ["Per-image stage costs (ms), each stage jitted alone on one batch:", "",
+              "| workload | generator | segmenter | tally | fused step | warmup / n | finish / n |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, w in rows:
+      n = r["light"]["n"] if name.startswith("scene") else heavy["n"]
+      lines.append(f"| {name} | {w['generator_ms']:.2f} | {w['segmenter_ms']:.2f} | "
+                   f"{w['tally_ms']:.2f} | {w['step_ms']:.2f} | "
+                   f"{w['warmup_s'] / n * 1e3:.2f} | {w['finish_s'] / n * 1e3:.2f} |")
+    lines.append("")
+  if "memory" in r:
+    m = r["memory"]
+    lines += ["| n | peak RSS (MiB) | wall (s) |", "|---:|---:|---:|"]
+    for n, rss, s in zip(m["n"], m["peak_rss_bytes"], m["wall_s"]):
+      lines.append(f"| {n} | {rss / 2**20:.0f} | {s:.0f} |")
+    lines.append(f"\nPeak RSS ratio n={m['n'][-1]} / n={m['n'][0]}: {m['ratio']:.3f}")
+  return "\n".join(lines)
+
+
 def main(argv):
   del argv
   repeats = _REPEATS.value
   logging.info("devices: %s", jax.devices())
   result = {"machine": platform.processor() or platform.machine(), "jax": jax.__version__,
             "devices": [str(d) for d in jax.devices()], "date": time.strftime("%Y-%m-%d")}
+  if _WHAT.value == "dissect":
+    result["cpus"] = os.cpu_count()
+    result.update(bench_dissect(repeats, _OUT.value or "benchmark_dissect.json", result))
+    logging.info("\n%s", dissect_markdown(result))
+    return
   result.update(bench_generator(repeats))
   result.update(bench_stats(repeats))
-  with open(_OUT.value, "w") as f:
+  with open(_OUT.value or "benchmark.json", "w") as f:
     json.dump(result, f, indent=2)
   logging.info("\n%s", markdown(result))
 
