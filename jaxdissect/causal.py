@@ -5,7 +5,8 @@ average causal effect (ACE) of an edit on concept c is the mean over held-out z 
 c's pixel fraction when the edit is applied, with a 99% confidence interval from the paired
 per-image differences. `single_unit_effects` measures the ablation of every unit of a layer on
 every concept: the PNAS experiment the original runs as one sweep per unit, here as chunks of
-units vmapped over a batch of counterfactual worlds.
+units vmapped over a batch of counterfactual worlds; `ablation_curve` removes a ranking's top
+1..k units (the paper's "removing trees" figure) the same way.
 """
 
 from __future__ import annotations
@@ -94,35 +95,69 @@ def average_effect(gen: Generator, seg: Segmenter, layer: str, edit: Edit, *, n:
   return moments.effect()
 
 
-def single_unit_effects(gen: Generator, seg: Segmenter, layer: str, num_units: int, *, n: int,
-                        batch_size: int, seed: int, zdim: int, chunk: int = 16,
-                        values: jax.Array | None = None,
-                        on_batch: Callable[[int], None] | None = None) -> Effect:
-  """The effect of setting each unit of `layer` alone to `values` (default 0: ablation),
-  everywhere, on every concept: arrays `[U, K]`.
+def edit_effects(gen: Generator, seg: Segmenter, layer: str, alphas: jax.Array, *, n: int,
+                 batch_size: int, seed: int, zdim: int, values: jax.Array | None = None,
+                 chunk: int = 16, on_batch: Callable[[int], None] | None = None) -> Effect:
+  """Effects of E whole-layer edits at once: edit e sets unit u to `values[u]` with weight
+  `alphas[e, u]` (`alphas [E, C]`; values default 0, i.e. ablation). Arrays are `[E, K]`.
 
-  Units go through the generator `chunk` at a time as a vmapped batch of edits, so each chunk is
-  one compiled call; the last chunk is padded, so there is one compilation in all.
+  Edits go through the generator `chunk` at a time as a vmapped batch of counterfactual worlds,
+  each chunk one call of one compiled function (the last chunk is padded).
   """
   if chunk < 1:
-    raise ValueError(f"chunk is {chunk}, expected a positive number of units")
+    raise ValueError(f"chunk is {chunk}, expected a positive number of edits")
+  alphas = jnp.asarray(alphas, jnp.float32)
+  num_edits, num_units = alphas.shape
   fractions = _fractions_fn(gen, seg, layer)
   values = jnp.zeros((num_units,), jnp.float32) if values is None else jnp.asarray(values)
-  chunk = min(chunk, num_units)
-  starts = list(range(0, num_units, chunk))
+  chunk = min(chunk, num_edits)
+  padded = jnp.concatenate([alphas, jnp.repeat(alphas[-1:], -num_edits % chunk, axis=0)])
+  groups = padded.reshape(-1, chunk, num_units)
 
   @jax.jit
-  def sweep(z, first):
-    units = first + jnp.arange(chunk)
-    alphas = jax.nn.one_hot(jnp.minimum(units, num_units - 1), num_units)
-    return jax.vmap(lambda a: fractions(z, Edit(a, values)))(alphas)  # [chunk, B, K]
+  def sweep(z, group):
+    return jax.vmap(lambda a: fractions(z, Edit(a, values)))(group)  # [chunk, B, K]
 
   base_fn = jax.jit(lambda z: fractions(z, None))
   moments = _Moments()
   for _, z in z_batches(n, seed, batch_size, zdim):
     z = jnp.asarray(z)
-    edited = np.concatenate([np.asarray(sweep(z, s)) for s in starts])[:num_units]
+    edited = np.concatenate([np.asarray(sweep(z, g)) for g in groups])[:num_edits]
     moments.add(base_fn(z), edited)
     if on_batch is not None:
       on_batch(z.shape[0])
   return moments.effect()
+
+
+def single_unit_effects(gen: Generator, seg: Segmenter, layer: str, num_units: int, *, n: int,
+                        batch_size: int, seed: int, zdim: int, chunk: int = 16,
+                        values: jax.Array | None = None,
+                        on_batch: Callable[[int], None] | None = None) -> Effect:
+  """The effect of setting each unit of `layer` alone to `values` (default 0: ablation),
+  everywhere, on every concept: arrays `[U, K]`."""
+  return edit_effects(gen, seg, layer, jnp.eye(num_units), n=n, batch_size=batch_size,
+                      seed=seed, zdim=zdim, values=values, chunk=chunk, on_batch=on_batch)
+
+
+def ablation_curve(gen: Generator, seg: Segmenter, layer: str, order: np.ndarray,
+                   num_units: int, *, max_units: int, n: int, batch_size: int, seed: int,
+                   zdim: int, chunk: int = 8, alpha: np.ndarray | None = None,
+                   on_batch: Callable[[int], None] | None = None) -> Effect:
+  """Effects of ablating the first k units of `order`, for k = 0..max_units: arrays `[k + 1, K]`.
+
+  `alpha` (`[C]`, optional) ablates each unit with that weight instead of 1 (learned sets).
+  """
+  order = np.asarray(order)[:max_units]
+  weights = np.ones(num_units, np.float32) if alpha is None else np.asarray(alpha, np.float32)
+  alphas = np.zeros((len(order) + 1, num_units), np.float32)
+  for k, unit in enumerate(order):
+    alphas[k + 1:, unit] = weights[unit]
+  return edit_effects(gen, seg, layer, alphas, n=n, batch_size=batch_size, seed=seed, zdim=zdim,
+                      chunk=chunk, on_batch=on_batch)
+
+
+def removed_fraction(effect: Effect, concept: int) -> tuple[np.ndarray, np.ndarray]:
+  """Share of the concept's pixels removed (-delta / baseline) and its 99% CI half-width."""
+  base = np.asarray(effect.baseline)[..., concept]
+  base = np.where(base > 0, base, np.nan)
+  return -np.asarray(effect.delta)[..., concept] / base, np.asarray(effect.ci99)[..., concept] / base

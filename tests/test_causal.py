@@ -105,3 +105,16 @@ def test_soft_alpha_gradient_reaches_the_effect(world):
 
   grad = jax.grad(red_mass)(jnp.full((planted.UNITS,), 0.5, jnp.float32))
   assert np.argmin(np.asarray(grad)) == planted.PLANTED["red"][1]
+
+
+def test_ablation_curve_removes_red_with_its_first_unit(world):
+  gen, seg = world
+  order = [planted.PLANTED["red"][1], planted.DECOY[1], 0, 2]
+  curve = causal.ablation_curve(gen, seg, "layer2", order, planted.UNITS, max_units=4, n=N,
+                                batch_size=BATCH, seed=7, zdim=planted.ZDIM, chunk=2)
+  removed, ci = causal.removed_fraction(curve, RED)
+  np.testing.assert_allclose(removed, [0.0, 1.0, 1.0, 1.0, 1.0], atol=1e-9)
+  assert ci.shape == (5,) and ci[0] == 0.0
+  reverse = causal.ablation_curve(gen, seg, "layer2", order[::-1], planted.UNITS, max_units=4,
+                                  n=N, batch_size=BATCH, seed=7, zdim=planted.ZDIM)
+  np.testing.assert_allclose(causal.removed_fraction(reverse, RED)[0], [0, 0, 0, 0, 1], atol=1e-9)

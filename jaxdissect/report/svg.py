@@ -259,3 +259,61 @@ def layer_chart(rows: Sequence[tuple[str, Mapping[str, int]]],
       label = f"<a href=\"#{_attr(urllib.parse.quote(name, safe=''))}\">{label}</a>"
     body.append(label)
   return _svg(width, height, body, "interpretable units per layer and category")
+
+
+_LINE_COLOURS = ("#4e79a7", "#e15759", "#59a14f", "#f28e2b", "#b07aa1", "#76b7b2")
+
+
+def line_chart(series: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]],
+               xlabel: str, ylabel: str, title: str, ymax: float | None = None) -> str:
+  """SVG lines with shaded error bands: `series[name] = (x, y, err)` (band y +- err).
+
+  Used for ablation curves (share of a concept removed against units ablated). Non-finite
+  points are skipped.
+  """
+  left, top, width, height, right = 56, 30, 420, 220, 150
+  points = [(x, y, e) for xs, ys, es in series.values() for x, y, e in zip(xs, ys, es)
+            if math.isfinite(y)]
+  if not points:
+    return _empty("nothing to plot")
+  x_max = max(max(p[0] for p in points), 1)
+  y_top = ymax if ymax is not None else max(1e-9, max(p[1] + (p[2] if math.isfinite(p[2]) else 0)
+                                                      for p in points))
+  y_bottom = min(0.0, min(p[1] for p in points))
+  sx = lambda x: left + width * x / x_max
+  sy = lambda y: top + height * (1 - (y - y_bottom) / (y_top - y_bottom))
+  body = [f"<text x=\"{left}\" y=\"18\" font-size=\"13\" font-weight=\"bold\">{_attr(title)}</text>"]
+  for i in range(6):
+    v = y_bottom + (y_top - y_bottom) * i / 5
+    body.append(f"<line x1=\"{left}\" x2=\"{left + width}\" y1=\"{_fmt(sy(v))}\" "
+                f"y2=\"{_fmt(sy(v))}\" stroke=\"#e3e3e3\"/>")
+    body.append(f"<text x=\"{left - 6}\" y=\"{_fmt(sy(v) + 4)}\" font-size=\"10\" "
+                f"text-anchor=\"end\">{v:.2f}</text>")
+  for i in range(6):
+    v = x_max * i / 5
+    body.append(f"<text x=\"{_fmt(sx(v))}\" y=\"{top + height + 14}\" font-size=\"10\" "
+                f"text-anchor=\"middle\">{v:g}</text>")
+  body.append(f"<text x=\"{left + width / 2}\" y=\"{top + height + 32}\" font-size=\"11\" "
+              f"text-anchor=\"middle\">{_attr(xlabel)}</text>")
+  body.append(f"<text transform=\"translate(14 {top + height / 2}) rotate(-90)\" "
+              f"font-size=\"11\" text-anchor=\"middle\">{_attr(ylabel)}</text>")
+  for k, (name, (xs, ys, es)) in enumerate(series.items()):
+    colour = _LINE_COLOURS[k % len(_LINE_COLOURS)]
+    pts = [(x, y, e if math.isfinite(e) else 0.0) for x, y, e in zip(xs, ys, es)
+           if math.isfinite(y)]
+    if not pts:
+      continue
+    band = [f"{_fmt(sx(x))},{_fmt(sy(y + e))}" for x, y, e in pts]
+    band += [f"{_fmt(sx(x))},{_fmt(sy(y - e))}" for x, y, e in reversed(pts)]
+    body.append(f"<polygon points=\"{' '.join(band)}\" fill=\"{colour}\" opacity=\"0.18\"/>")
+    line = " ".join(f"{_fmt(sx(x))},{_fmt(sy(y))}" for x, y, _ in pts)
+    body.append(f"<polyline points=\"{line}\" fill=\"none\" stroke=\"{colour}\" "
+                f"stroke-width=\"2\"><title>{_attr(name)}</title></polyline>")
+    y_legend = top + 8 + 18 * k
+    body.append(f"<line x1=\"{left + width + 14}\" x2=\"{left + width + 34}\" y1=\"{y_legend}\" "
+                f"y2=\"{y_legend}\" stroke=\"{colour}\" stroke-width=\"3\"/>")
+    body.append(f"<text x=\"{left + width + 40}\" y=\"{y_legend + 4}\" font-size=\"11\">"
+                f"{_attr(_short(name))}</text>")
+  body.append(f"<rect x=\"{left}\" y=\"{top}\" width=\"{width}\" height=\"{height}\" "
+              "fill=\"none\" stroke=\"#999\"/>")
+  return _svg(left + width + right, top + height + 44, body, title)

@@ -1,0 +1,51 @@
+"""What the causal scripts read from a finished dissection: its document, a layer, a concept.
+
+`ablate`, `optimize_units` (and later `insert`) start from `experiments.dissect`'s output folder,
+so the model, segmenter and IoU tables they use are the dissected ones, and bad choices fail the
+same way in each script: one line naming the value and the valid ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+
+class UsageError(ValueError):
+  """A bad flag value (reported as one line, exit status 2)."""
+
+
+def load_dissection(folder: str) -> dict:
+  """The `dissect.json` document of `folder`."""
+  path = os.path.join(folder, "dissect.json")
+  if not os.path.exists(path):
+    raise UsageError(f"--dissection={folder} has no dissect.json; run experiments.dissect first")
+  with open(path) as f:
+    return json.load(f)
+
+
+def concept_index(doc: dict, concept: str) -> int:
+  """Label index of `concept` (not the none label)."""
+  names = [c["name"] for c in doc["concepts"]]
+  if concept not in names[1:]:
+    raise UsageError(f"--concept={concept!r} is unknown; valid concepts are: "
+                     f"{', '.join(names[1:])}")
+  return names.index(concept)
+
+
+def layer_iou(folder: str, layer: dict) -> np.ndarray:
+  """The `[units, concepts]` IoU table of a layer record."""
+  return np.load(os.path.join(folder, layer["dirname"], "iou.npy"))
+
+
+def pick_layer(doc: dict, folder: str, concept: str, name: str | None) -> dict:
+  """The layer record called `name`, or (None) the one holding the concept's best unit."""
+  names = [layer["layer"] for layer in doc["layers"]]
+  if name is not None:
+    if name not in names:
+      raise UsageError(f"--layer={name!r} was not dissected; dissected layers: {', '.join(names)}")
+    return doc["layers"][names.index(name)]
+  c = concept_index(doc, concept)
+  return max(doc["layers"], key=lambda layer: layer_iou(folder, layer)[:, c].max())
