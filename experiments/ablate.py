@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from absl import app, flags, logging
 import numpy as np
 
-from experiments.progress import progress
-from experiments.dissection_io import (UsageError, concept_index, layer_iou, load_dissection,
-                                       pick_layer)
+from experiments import cli
+from experiments.cli import UsageError
+from experiments.dissection_io import (concept_index, layer_iou, load_dissection, pick_layer,
+                                       result_stem)
 from jaxdissect import causal, zoo
-from jaxdissect.report import document, svg
+from jaxdissect.report import svg
 
 _DISSECTION = flags.DEFINE_string("dissection", "results/dissect-sceneworld",
                                   "Output folder of experiments.dissect.")
@@ -42,17 +42,6 @@ _SEED = flags.DEFINE_integer("seed", 2, "z seed of the held-out images.")
 _BATCH = flags.DEFINE_integer("batch_size", 50, "Images per batch.")
 _CHUNK = flags.DEFINE_integer("chunk", 8, "Edits vmapped per generator call.")
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress bars.")
-
-
-def _bar(total: int, desc: str):
-  state = {"iter": iter(progress(range(total), total, desc=desc, unit="img",
-                                 quiet=_QUIET.value))}
-
-  def tick(count: int) -> None:
-    for _ in range(count):
-      next(state["iter"], None)
-
-  return tick
 
 
 def run_ablation() -> str:
@@ -74,16 +63,20 @@ def run_ablation() -> str:
     orders["iou"] = np.argsort(-iou, kind="stable")
   if "ace" in _RANKINGS.value:
     sweep = causal.single_unit_effects(gen, seg, layer["layer"], num_units, chunk=_CHUNK.value,
-                                       on_batch=_bar(_N.value, "single-unit ACE"), **common)
+                                       on_batch=cli.ticker(_N.value, "single-unit ACE", _QUIET.value), **common)
     ace = sweep.delta[:, c]
     orders["ace"] = np.lexsort((-iou, ace))  # most negative effect first, then IoU
     extra["single_unit_ace"] = {"delta": ace.tolist(), "ci99": sweep.ci99[:, c].tolist()}
   if "alpha" in _RANKINGS.value:
-    path = os.path.join(_DISSECTION.value, f"units-{concept}.json")
+    path = result_stem(_DISSECTION.value, "units", concept) + ".json"
     if not os.path.exists(path):
       raise UsageError(f"--rankings alpha needs {path}; run experiments.optimize_units first")
     with open(path) as f:
-      alpha = np.asarray(json.load(f)["alpha"], np.float32)
+      learned = json.load(f)
+    if learned["layer"] != layer["layer"]:
+      raise UsageError(f"{path} holds coefficients of {learned['layer']}, not "
+                       f"{layer['layer']}; pass --layer {learned['layer']}")
+    alpha = np.asarray(learned["alpha"], np.float32)
     orders["alpha"] = np.lexsort((-iou, -alpha))
     alphas["alpha"] = alpha
   max_units = min(_MAX_UNITS.value, num_units)
@@ -92,7 +85,7 @@ def run_ablation() -> str:
     effect = causal.ablation_curve(gen, seg, layer["layer"], order, num_units,
                                    max_units=max_units, chunk=_CHUNK.value,
                                    alpha=alphas.get(name),
-                                   on_batch=_bar(_N.value, f"ablate by {name}"), **common)
+                                   on_batch=cli.ticker(_N.value, f"ablate by {name}", _QUIET.value), **common)
     removed, ci = causal.removed_fraction(effect, c)
     curves[name] = {"units": [int(u) for u in order[:max_units]],
                     "removed": removed.tolist(), "ci99": ci.tolist(),
@@ -105,10 +98,8 @@ def run_ablation() -> str:
                                           "batch_size": _BATCH.value, "max_units": max_units,
                                           "rankings": list(orders)},
          "rankings": curves, **extra}
-  stem = os.path.join(_DISSECTION.value, f"ablation-{document.layer_dirname(concept)}")
-  with open(stem + ".json.tmp", "w") as f:
-    json.dump(out, f, indent=1)
-  os.replace(stem + ".json.tmp", stem + ".json")
+  stem = result_stem(_DISSECTION.value, "ablation", concept)
+  cli.write_json(stem + ".json", out)
   series = {name: (list(range(max_units + 1)), v["removed"], v["ci99"])
             for name, v in curves.items()}
   with open(stem + ".svg", "w") as f:
@@ -119,13 +110,7 @@ def run_ablation() -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    sys.exit(f"ablate: unexpected arguments {argv[1:]}; all options are --flags")
-  try:
-    run_ablation()
-  except UsageError as e:
-    sys.stderr.write(f"ablate: error: {e}\n")
-    sys.exit(2)
+  cli.run_main("ablate", run_ablation, argv)
 
 
 if __name__ == "__main__":

@@ -25,9 +25,7 @@ with IoU 1). Bad flags exit with a one-line error naming the value and the valid
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 import tempfile
 import time
 
@@ -36,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import cli
+from experiments.cli import UsageError
 from experiments.progress import progress
 from jaxdissect import checkpoint, dissect, examples, zoo
 from jaxdissect.report import document, html, strips
@@ -67,10 +67,6 @@ _IMAGES = flags.DEFINE_bool("images", True, "Write unit strips (regenerates the 
 # Flags whose values change the running state; a checkpoint is reused only if they match.
 _STATE_FLAGS = ("model", "segmenter", "layers", "batch_size", "seed", "threshold", "topk",
                 "bins", "warmup", "iou_tolerance", "max_passes")
-
-
-class UsageError(ValueError):
-  """A bad flag value (reported as one line, exit status 2)."""
 
 
 def _threshold(text: str) -> float | str:
@@ -196,10 +192,7 @@ def _write_outputs(outdir: str, doc: dict, results: dict[str, dissect.LayerResul
           strip = strips.unit_strip(ex.images[u, :k], ex.maps[u, :k],
                                     float(result.thresholds[u]), tile=_TILE.value)
           strips.save_jpeg(os.path.join(outdir, document.unit_image_path(layer, u)), strip)
-  path = os.path.join(outdir, "dissect.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(doc, f, indent=1)
-  os.replace(path + ".tmp", path)
+  cli.write_json(os.path.join(outdir, "dissect.json"), doc)
   html.write_report(outdir, doc)
 
 
@@ -257,18 +250,8 @@ def run_dissection() -> str:
 
 
 def main(argv):
-  # Orbax narrates every save at INFO; keep the log to what the dissection does.
-  logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
-  if len(argv) > 1:
-    sys.exit(f"dissect: unexpected arguments {argv[1:]}; all options are --flags")
-  try:
-    run_dissection()
-  except UsageError as e:
-    sys.stderr.write(f"dissect: error: {e}\n")
-    sys.exit(2)
-  except (checkpoint.CheckpointError, FloatingPointError, ValueError) as e:
-    sys.stderr.write(f"dissect: error: {e}\n")
-    sys.exit(1)
+  cli.run_main("dissect", run_dissection, argv,
+               failures=(checkpoint.CheckpointError, FloatingPointError, ValueError))
 
 
 if __name__ == "__main__":

@@ -12,9 +12,8 @@ import os
 
 import numpy as np
 
-
-class UsageError(ValueError):
-  """A bad flag value (reported as one line, exit status 2)."""
+from experiments.cli import UsageError
+from jaxdissect.report import document
 
 
 def load_dissection(folder: str) -> dict:
@@ -49,3 +48,8 @@ def pick_layer(doc: dict, folder: str, concept: str, name: str | None) -> dict:
     return doc["layers"][names.index(name)]
   c = concept_index(doc, concept)
   return max(doc["layers"], key=lambda layer: layer_iou(folder, layer)[:, c].max())
+
+
+def result_stem(folder: str, kind: str, concept: str) -> str:
+  """`folder/<kind>-<concept>`: where a causal script's JSON (and plot) for a concept go."""
+  return os.path.join(folder, f"{kind}-{document.layer_dirname(concept)}")

@@ -18,20 +18,19 @@ plots it against the other rankings.
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 
 from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.dissection_io import (UsageError, concept_index, layer_iou, load_dissection,
-                                       pick_layer)
+from experiments import cli
+from experiments.cli import UsageError
+from experiments.dissection_io import (concept_index, layer_iou, load_dissection, pick_layer,
+                                       result_stem)
 from experiments.progress import progress
 from jaxdissect import causal, checkpoint, unitsets, zoo
-from jaxdissect.report import document
 from jaxdissect.zsample import z_batches
 
 _DISSECTION = flags.DEFINE_string("dissection", "results/dissect-sceneworld",
@@ -95,7 +94,7 @@ def run_optimization() -> str:
   loss = unitsets.loss_fn(gen, seg, layer["layer"], c, jnp.asarray(values), objective)
   optimizer = unitsets.make_optimizer(_LR.value)
   state = unitsets.init_state(jnp.asarray(iou / max(float(iou.max()), 1e-12)), optimizer)
-  stem = os.path.join(_DISSECTION.value, f"units-{document.layer_dirname(concept)}")
+  stem = result_stem(_DISSECTION.value, "units", concept)
   root = stem + ".checkpoint"
   meta = {"layer": layer["layer"], "concept": concept, "settings": _settings()}
   history: list = []
@@ -117,11 +116,9 @@ def run_optimization() -> str:
   alpha = np.asarray(state.alpha)
   order = unitsets.ranking(alpha, iou)
   max_units = min(_MAX_UNITS.value, num_units)
-  bar = iter(progress(range(_EVAL_N.value), _EVAL_N.value, desc="check", unit="img",
-                      quiet=_QUIET.value))
   curve = causal.ablation_curve(gen, seg, layer["layer"], order, num_units, max_units=max_units,
                                 n=_EVAL_N.value, batch_size=50, seed=_EVAL_SEED.value,
-                                zdim=zdim, on_batch=lambda k: [next(bar, None) for _ in range(k)])
+                                zdim=zdim, on_batch=cli.ticker(_EVAL_N.value, "check", _QUIET.value))
   removed, ci = causal.removed_fraction(curve, c)
   smallest = unitsets.smallest_set(removed, _TARGET.value)
   out = {"model": doc["model"], "segmenter": doc["segmenter"], "layer": layer["layer"],
@@ -134,9 +131,7 @@ def run_optimization() -> str:
                           "removed": removed.tolist(), "ci99": ci.tolist(),
                           "baseline": float(curve.baseline[0, c]),
                           "smallest_set": smallest, "target": _TARGET.value}}
-  with open(stem + ".json.tmp", "w") as f:
-    json.dump(out, f, indent=1)
-  os.replace(stem + ".json.tmp", stem + ".json")
+  cli.write_json(stem + ".json", out)
   top = ", ".join(f"{u}:{alpha[u]:.2f}" for u in order[:10])
   logging.info("top units by alpha: %s", top)
   logging.info("ablating the top %d removes %.1f%% +- %.1f%% of %s; smallest set reaching "
@@ -147,14 +142,7 @@ def run_optimization() -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    sys.exit(f"optimize_units: unexpected arguments {argv[1:]}; all options are --flags")
-  logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
-  try:
-    run_optimization()
-  except UsageError as e:
-    sys.stderr.write(f"optimize_units: error: {e}\n")
-    sys.exit(2)
+  cli.run_main("optimize_units", run_optimization, argv)
 
 
 if __name__ == "__main__":
