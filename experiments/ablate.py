@@ -104,7 +104,8 @@ def run_ablation() -> str:
             for name, v in curves.items()}
   with open(stem + ".svg", "w") as f:
     f.write(svg.line_chart(series, "units ablated", f"share of {concept} pixels removed",
-                           f"Removing {concept} units of {layer['layer']} ({doc['model']})"))
+                           f"Removing {concept} units of {layer['layer']} ({doc['model']})",
+                           ymax=1.0))
   logging.info("wrote %s.json and .svg", stem)
   return stem
 

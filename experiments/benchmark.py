@@ -13,6 +13,10 @@ What it measures, all in the same process so ratios are meaningful on a noisy ma
   (c) the quantile sketch's memory in bytes.
 It writes a JSON record and logs a Markdown table for BENCHMARKS.md.
 
+Command for the single-unit ablation sweep, vmapped against a loop over units (about 8 min):
+
+  python -m experiments.benchmark --what=sweep --repeats 1 --out benchmark_sweep.json
+
 Command for dissection against a bare generator+segmenter pass (`--parts` picks a subset):
 
   python -m experiments.benchmark --what=dissect --out benchmark_dissect.json
@@ -55,7 +59,7 @@ from jaxdissect.stats import iou, quantile
 from jaxdissect.zsample import z_batches
 from ports import proggan
 
-_WHAT = flags.DEFINE_enum("what", "stats", ["stats", "dissect"],
+_WHAT = flags.DEFINE_enum("what", "stats", ["stats", "dissect", "sweep"],
                           "stats: statistics core vs generator; dissect: one-pass dissection vs "
                           "a bare generator+segmenter pass.")
 _OUT = flags.DEFINE_string("out", None, "Where to write the JSON results (default "
@@ -489,12 +493,43 @@ def dissect_markdown(r: dict) -> str:
   return "\n".join(lines)
 
 
+def bench_sweep(repeats: int, n: int = 100) -> dict:
+  """All single-unit ablations of the scene GAN's layer4 (128 units) on n images: the vmapped
+  sweep (16 edits per call) against a Python loop over units of the same jitted function (one
+  edit per call), compile excluded (each is run once on a small n first)."""
+  from jaxdissect import causal, zoo  # pylint: disable=g-import-not-at-top
+  world = zoo.load_world("sceneworld")
+  args = dict(n=n, batch_size=50, seed=2, zdim=world.zdim)
+  times = {"vmapped": [], "loop": []}
+  for _ in range(repeats):
+    for name, chunk in (("vmapped", 16), ("loop", 1)):
+      causal.single_unit_effects(world.generator, world.segmenter, "layer4", 128, chunk=chunk,
+                                 **{**args, "n": 50})  # compile
+      start = time.perf_counter()
+      causal.single_unit_effects(world.generator, world.segmenter, "layer4", 128, chunk=chunk,
+                                 **args)
+      times[name].append(time.perf_counter() - start)
+  med = {k: float(np.median(v)) for k, v in times.items()}
+  ratios = [loop / vm for loop, vm in zip(times["loop"], times["vmapped"])]
+  return {"sweep": {"n": n, "units": 128, "seconds": med, "runs": times,
+                    "speedup": float(np.median(ratios))}}
+
+
 def main(argv):
   del argv
   repeats = _REPEATS.value
   logging.info("devices: %s", jax.devices())
   result = {"machine": platform.processor() or platform.machine(), "jax": jax.__version__,
             "devices": [str(d) for d in jax.devices()], "date": time.strftime("%Y-%m-%d")}
+  if _WHAT.value == "sweep":
+    result.update(bench_sweep(repeats))
+    with open(_OUT.value or "benchmark_sweep.json", "w") as f:
+      json.dump(result, f, indent=2)
+    sweep = result["sweep"]
+    logging.info("single-unit ablation sweep, scene GAN layer4 (128 units), %d images: vmapped "
+                 "%.1f s, loop %.1f s, speedup %.2fx", sweep["n"], sweep["seconds"]["vmapped"],
+                 sweep["seconds"]["loop"], sweep["speedup"])
+    return
   if _WHAT.value == "dissect":
     result["cpus"] = os.cpu_count()
     result.update(bench_dissect(repeats, _OUT.value or "benchmark_dissect.json", result))
