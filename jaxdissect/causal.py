@@ -161,3 +161,71 @@ def removed_fraction(effect: Effect, concept: int) -> tuple[np.ndarray, np.ndarr
   base = np.asarray(effect.baseline)[..., concept]
   base = np.where(base > 0, base, np.nan)
   return -np.asarray(effect.delta)[..., concept] / base, np.asarray(effect.ci99)[..., concept] / base
+
+
+class Context(NamedTuple):
+  """Concept area added by an insertion, tabulated by the concept already at the spot (`[K]`).
+
+  `mean[l]` is the average change of the target concept's pixel fraction when the units are
+  inserted at a featuremap cell whose centre pixel carries label l (any channel), `ci99` its
+  99% half-width, `count[l]` the (image, cell) pairs behind it (row 0 unused).
+  """
+
+  mean: np.ndarray
+  ci99: np.ndarray
+  count: np.ndarray
+
+
+def insertion_context(gen: Generator, seg: Segmenter, layer: str, alpha: jax.Array,
+                      values: jax.Array, concept: int, shape: tuple[int, int], *, n: int,
+                      batch_size: int, seed: int, zdim: int, chunk: int = 16,
+                      on_batch: Callable[[int], None] | None = None) -> Context:
+  """Inserts units (`alpha [C]` weights, `values [C]` levels) at one featuremap cell at a time,
+  every cell of `shape` (h, w), on n images; tabulates the added area of `concept` by the label
+  at the cell's centre pixel in the unedited image (the paper's "doors appear on buildings")."""
+  h, w = shape
+  num_concepts = len(seg.concepts)
+  cells = jnp.eye(h * w, dtype=jnp.float32).reshape(h * w, h, w, 1)
+  alpha = jnp.asarray(alpha, jnp.float32)
+  values = jnp.asarray(values, jnp.float32)
+  fractions = _fractions_fn(gen, seg, layer)
+  chunk = min(chunk, h * w)
+  padded = jnp.concatenate([cells, jnp.repeat(cells[-1:], -(h * w) % chunk, axis=0)])
+  groups = padded.reshape(-1, chunk, h, w, 1)
+
+  @jax.jit
+  def edited(z, group):
+    return jax.vmap(lambda m: fractions(z, Edit(m * alpha, values)))(group)[..., concept]
+
+  @jax.jit
+  def base(z):
+    image, _ = gen.apply_fn(gen.params, z, capture=())
+    labels = seg.label_fn(seg.params, image)
+    return concept_fractions(labels, num_concepts)[:, concept], labels
+
+  total = np.zeros(num_concepts)
+  total2 = np.zeros(num_concepts)
+  count = np.zeros(num_concepts)
+  for _, z in z_batches(n, seed, batch_size, zdim):
+    z = jnp.asarray(z)
+    before, labels = base(z)
+    after = np.concatenate([np.asarray(edited(z, g)) for g in groups])[: h * w]  # [hw, B]
+    delta = after - np.asarray(before)[None]
+    labels = np.asarray(labels)
+    sy, sx = labels.shape[1] // h, labels.shape[2] // w
+    centre = labels[:, sy // 2::sy, sx // 2::sx][:, :h, :w]  # [B, h, w, D]
+    centre = centre.reshape(labels.shape[0], h * w, -1).transpose(1, 0, 2)  # [hw, B, D]
+    hot = np.zeros((h * w, labels.shape[0], num_concepts), bool)
+    for d in range(centre.shape[-1]):
+      np.put_along_axis(hot, np.clip(centre[..., d:d + 1], 0, num_concepts - 1), True, axis=-1)
+    hot[..., 0] = False
+    total += np.einsum("eb,ebk->k", delta, hot)
+    total2 += np.einsum("eb,ebk->k", np.square(delta), hot)
+    count += hot.sum((0, 1))
+    if on_batch is not None:
+      on_batch(z.shape[0])
+  safe = np.maximum(count, 1)
+  mean = total / safe
+  var = np.maximum(total2 / safe - np.square(mean), 0.0) * safe / np.maximum(safe - 1, 1)
+  return Context(mean=np.where(count > 0, mean, np.nan), ci99=Z99 * np.sqrt(var / safe),
+                 count=count.astype(np.int64))

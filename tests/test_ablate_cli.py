@@ -50,3 +50,16 @@ def test_bad_concept_and_missing_alpha_are_one_line_errors(dissection):
   proc = _run("experiments.ablate", "--dissection", str(dissection), "--concept", "red",
               "--rankings", "alpha")
   assert proc.returncode == 2 and "optimize_units" in proc.stderr.splitlines()[-1]
+
+
+def test_insertion_context_adds_green_off_green(dissection):
+  proc = _run("experiments.insert", "--dissection", str(dissection), "--concept", "green",
+              "--units", "1", "--value_scale", "20", "--n", "12", "--batch_size", "6", "--quiet")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  with open(dissection / "insertion-green.json") as f:
+    out = json.load(f)
+  assert out["units"] == [planted.PLANTED["green"][1]]
+  context = out["context"]
+  assert context["red"]["added"] == pytest.approx(1 / 64, abs=1e-6)
+  assert all(v["count"] > 0 for v in context.values())
+  assert ET.parse(dissection / "insertion-green.svg").getroot().tag.endswith("svg")

@@ -118,3 +118,35 @@ def test_ablation_curve_removes_red_with_its_first_unit(world):
   reverse = causal.ablation_curve(gen, seg, "layer2", order[::-1], planted.UNITS, max_units=4,
                                   n=N, batch_size=BATCH, seed=7, zdim=planted.ZDIM)
   np.testing.assert_allclose(causal.removed_fraction(reverse, RED)[0], [0, 0, 0, 0, 1], atol=1e-9)
+
+
+def test_insertion_context_matches_a_direct_count(world):
+  gen, seg = world
+  unit = planted.PLANTED["green"][1]
+  alpha = jnp.zeros(planted.UNITS).at[unit].set(1.0)
+  values = jnp.full((planted.UNITS,), 5.0)
+  ctx = causal.insertion_context(gen, seg, "layer2", alpha, values, GREEN, (8, 8), n=12,
+                                 batch_size=6, seed=8, zdim=planted.ZDIM, chunk=24)
+  z = zsample.standard_z(12, 8, planted.ZDIM)
+  base = _fractions(world, z)[:, GREEN]
+  image, _ = gen.apply_fn(gen.params, z, capture=())
+  labels = np.asarray(seg.label_fn(seg.params, image))[..., 0]
+  sums, counts = np.zeros(4), np.zeros(4)
+  for y in range(8):
+    for x in range(8):
+      mask = np.zeros((8, 8, 1), np.float32)
+      mask[y, x] = 1.0
+      edit = intervene.insertion([unit], values, planted.UNITS, mask=mask[..., 0])
+      delta = _fractions(world, z, {"layer2": edit})[:, GREEN] - base
+      context = labels[:, 4 * y + 2, 4 * x + 2]
+      for b, label in enumerate(context):
+        if label:
+          sums[label] += delta[b]
+          counts[label] += 1
+  np.testing.assert_array_equal(ctx.count[1:], counts[1:])
+  seen = counts > 0
+  np.testing.assert_allclose(ctx.mean[seen], sums[seen] / counts[seen], atol=1e-7)
+  # Green painted over an existing green cell adds nothing; over red or blue it adds a cell.
+  if counts[GREEN]:
+    assert abs(ctx.mean[GREEN]) < 1e-9
+  assert ctx.mean[RED] == pytest.approx(1 / 64, abs=1e-6)

@@ -317,3 +317,40 @@ def line_chart(series: Mapping[str, tuple[Sequence[float], Sequence[float], Sequ
   body.append(f"<rect x=\"{left}\" y=\"{top}\" width=\"{width}\" height=\"{height}\" "
               "fill=\"none\" stroke=\"#999\"/>")
   return _svg(left + width + right, top + height + 44, body, title)
+
+
+def bar_chart(values: Mapping[str, tuple[float, float]], ylabel: str, title: str) -> str:
+  """SVG vertical bars with 99% error whiskers: `values[name] = (value, err)`, in given order.
+
+  Used for the insertion-context study (added concept area by the concept at the spot).
+  """
+  items = [(k, v, e) for k, (v, e) in values.items() if math.isfinite(v)]
+  if not items:
+    return _empty("nothing to plot")
+  left, top, height, bar, gap = 56, 30, 200, 26, 12
+  width = len(items) * (bar + gap) + gap
+  hi = max(max(v + (e if math.isfinite(e) else 0) for _, v, e in items), 1e-12)
+  lo = min(0.0, min(v - (e if math.isfinite(e) else 0) for _, v, e in items))
+  sy = lambda y: top + height * (1 - (y - lo) / (hi - lo))
+  body = [f"<text x=\"{left}\" y=\"18\" font-size=\"13\" font-weight=\"bold\">{_attr(title)}</text>"]
+  for i in range(6):
+    v = lo + (hi - lo) * i / 5
+    body.append(f"<line x1=\"{left}\" x2=\"{left + width}\" y1=\"{_fmt(sy(v))}\" "
+                f"y2=\"{_fmt(sy(v))}\" stroke=\"#e3e3e3\"/>")
+    body.append(f"<text x=\"{left - 6}\" y=\"{_fmt(sy(v) + 4)}\" font-size=\"10\" "
+                f"text-anchor=\"end\">{v:.3g}</text>")
+  body.append(f"<text transform=\"translate(14 {top + height / 2}) rotate(-90)\" "
+              f"font-size=\"11\" text-anchor=\"middle\">{_attr(ylabel)}</text>")
+  for i, (name, v, e) in enumerate(items):
+    x = left + gap + i * (bar + gap)
+    y0, y1 = sy(max(v, 0.0)), sy(min(v, 0.0))
+    body.append(f"<rect x=\"{x}\" y=\"{_fmt(y0)}\" width=\"{bar}\" height=\"{_fmt(y1 - y0)}\" "
+                f"fill=\"#4e79a7\"><title>{_attr(name)}: {v:.4g}</title></rect>")
+    if math.isfinite(e) and e > 0:
+      cx = x + bar / 2
+      body.append(f"<line x1=\"{cx}\" x2=\"{cx}\" y1=\"{_fmt(sy(v + e))}\" "
+                  f"y2=\"{_fmt(sy(v - e))}\" stroke=\"#333\"/>")
+    tx, ty = x + bar / 2, top + height + 12
+    body.append(f"<text transform=\"translate({_fmt(tx)} {ty}) rotate(45)\" font-size=\"10\">"
+                f"{_attr(_short(name))}</text>")
+  return _svg(left + width + 20, top + height + 90, body, title)
