@@ -261,6 +261,19 @@ def layer_chart(rows: Sequence[tuple[str, Mapping[str, int]]],
   return _svg(width, height, body, "interpretable units per layer and category")
 
 
+def _titled_y_axis(title: str, left: float, width: float, lo: float, hi: float,
+                   sy, fmt: str) -> list[str]:
+  """A chart title and six labelled horizontal grid lines from lo to hi (`sy` maps y to pixels)."""
+  body = [f"<text x=\"{left}\" y=\"18\" font-size=\"13\" font-weight=\"bold\">{_attr(title)}</text>"]
+  for i in range(6):
+    v = lo + (hi - lo) * i / 5
+    body.append(f"<line x1=\"{left}\" x2=\"{left + width}\" y1=\"{_fmt(sy(v))}\" "
+                f"y2=\"{_fmt(sy(v))}\" stroke=\"#e3e3e3\"/>")
+    body.append(f"<text x=\"{left - 6}\" y=\"{_fmt(sy(v) + 4)}\" font-size=\"10\" "
+                f"text-anchor=\"end\">{fmt.format(v)}</text>")
+  return body
+
+
 _LINE_COLOURS = ("#4e79a7", "#e15759", "#59a14f", "#f28e2b", "#b07aa1", "#76b7b2")
 
 
@@ -282,13 +295,7 @@ def line_chart(series: Mapping[str, tuple[Sequence[float], Sequence[float], Sequ
   y_bottom = min(0.0, min(p[1] for p in points))
   sx = lambda x: left + width * x / x_max
   sy = lambda y: top + height * (1 - (y - y_bottom) / (y_top - y_bottom))
-  body = [f"<text x=\"{left}\" y=\"18\" font-size=\"13\" font-weight=\"bold\">{_attr(title)}</text>"]
-  for i in range(6):
-    v = y_bottom + (y_top - y_bottom) * i / 5
-    body.append(f"<line x1=\"{left}\" x2=\"{left + width}\" y1=\"{_fmt(sy(v))}\" "
-                f"y2=\"{_fmt(sy(v))}\" stroke=\"#e3e3e3\"/>")
-    body.append(f"<text x=\"{left - 6}\" y=\"{_fmt(sy(v) + 4)}\" font-size=\"10\" "
-                f"text-anchor=\"end\">{v:.2f}</text>")
+  body = _titled_y_axis(title, left, width, y_bottom, y_top, sy, "{:.2f}")
   for i in range(6):
     v = x_max * i / 5
     body.append(f"<text x=\"{_fmt(sx(v))}\" y=\"{top + height + 14}\" font-size=\"10\" "
@@ -332,13 +339,7 @@ def bar_chart(values: Mapping[str, tuple[float, float]], ylabel: str, title: str
   hi = max(max(v + (e if math.isfinite(e) else 0) for _, v, e in items), 1e-12)
   lo = min(0.0, min(v - (e if math.isfinite(e) else 0) for _, v, e in items))
   sy = lambda y: top + height * (1 - (y - lo) / (hi - lo))
-  body = [f"<text x=\"{left}\" y=\"18\" font-size=\"13\" font-weight=\"bold\">{_attr(title)}</text>"]
-  for i in range(6):
-    v = lo + (hi - lo) * i / 5
-    body.append(f"<line x1=\"{left}\" x2=\"{left + width}\" y1=\"{_fmt(sy(v))}\" "
-                f"y2=\"{_fmt(sy(v))}\" stroke=\"#e3e3e3\"/>")
-    body.append(f"<text x=\"{left - 6}\" y=\"{_fmt(sy(v) + 4)}\" font-size=\"10\" "
-                f"text-anchor=\"end\">{v:.3g}</text>")
+  body = _titled_y_axis(title, left, width, lo, hi, sy, "{:.3g}")
   body.append(f"<text transform=\"translate(14 {top + height / 2}) rotate(-90)\" "
               f"font-size=\"11\" text-anchor=\"middle\">{_attr(ylabel)}</text>")
   for i, (name, v, e) in enumerate(items):
