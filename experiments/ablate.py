@@ -17,17 +17,14 @@ Writes `ablation-<concept>.json` (inputs, unit lists, every measured number) and
 
 from __future__ import annotations
 
-import json
-import os
-
 from absl import app, flags, logging
 import numpy as np
 
 from experiments import cli
 from experiments.cli import UsageError
-from experiments.dissection_io import (concept_index, layer_iou, load_dissection, pick_layer,
-                                       result_stem)
-from jaxdissect import causal, zoo
+from experiments.dissection_io import (concept_index, layer_iou, learned_alpha, load_dissection,
+                                       pick_layer, result_stem)
+from jaxdissect import causal, unitsets, zoo
 from jaxdissect.report import svg
 
 _DISSECTION = flags.DEFINE_string("dissection", "results/dissect-sceneworld",
@@ -68,16 +65,8 @@ def run_ablation() -> str:
     orders["ace"] = np.lexsort((-iou, ace))  # most negative effect first, then IoU
     extra["single_unit_ace"] = {"delta": ace.tolist(), "ci99": sweep.ci99[:, c].tolist()}
   if "alpha" in _RANKINGS.value:
-    path = result_stem(_DISSECTION.value, "units", concept) + ".json"
-    if not os.path.exists(path):
-      raise UsageError(f"--rankings alpha needs {path}; run experiments.optimize_units first")
-    with open(path) as f:
-      learned = json.load(f)
-    if learned["layer"] != layer["layer"]:
-      raise UsageError(f"{path} holds coefficients of {learned['layer']}, not "
-                       f"{layer['layer']}; pass --layer {learned['layer']}")
-    alpha = np.asarray(learned["alpha"], np.float32)
-    orders["alpha"] = np.lexsort((-iou, -alpha))
+    alpha = learned_alpha(_DISSECTION.value, concept, layer, "--rankings alpha")
+    orders["alpha"] = unitsets.ranking(alpha, iou)
     alphas["alpha"] = alpha
   max_units = min(_MAX_UNITS.value, num_units)
   curves = {}

@@ -53,3 +53,22 @@ def pick_layer(doc: dict, folder: str, concept: str, name: str | None) -> dict:
 def result_stem(folder: str, kind: str, concept: str) -> str:
   """`folder/<kind>-<concept>`: where a causal script's JSON (and plot) for a concept go."""
   return os.path.join(folder, f"{kind}-{document.layer_dirname(concept)}")
+
+
+def learned_alpha(folder: str, concept: str, layer: dict, flag: str) -> np.ndarray:
+  """The `[C]` coefficients optimize_units learned for `concept` on `layer` (`flag` names the
+  option that asked for them, for the error when they are missing)."""
+  path = result_stem(folder, "units", concept) + ".json"
+  if not os.path.exists(path):
+    raise UsageError(f"{flag} needs {path}; run experiments.optimize_units first")
+  with open(path) as f:
+    learned = json.load(f)
+  if learned["layer"] != layer["layer"]:
+    raise UsageError(f"{path} holds coefficients of {learned['layer']}, not "
+                     f"{layer['layer']}; pass --layer {learned['layer']}")
+  return np.asarray(learned["alpha"], np.float32)
+
+
+def unit_thresholds(layer: dict) -> np.ndarray:
+  """`[C]` each unit's dissection threshold (its top-q level): the default insertion value."""
+  return np.array([u["threshold"] for u in layer["units"]], np.float32)

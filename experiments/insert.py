@@ -16,17 +16,14 @@ buildings, not in the sky. Writes `insertion-<concept>.json` (inputs, units, eve
 
 from __future__ import annotations
 
-import json
-import os
-
 from absl import app, flags, logging
 import jax.numpy as jnp
 import numpy as np
 
 from experiments import cli
 from experiments.cli import UsageError
-from experiments.dissection_io import (concept_index, layer_iou, load_dissection, pick_layer,
-                                       result_stem)
+from experiments.dissection_io import (concept_index, layer_iou, learned_alpha, load_dissection,
+                                       pick_layer, result_stem, unit_thresholds)
 from jaxdissect import causal, unitsets, zoo
 from jaxdissect.report import svg
 
@@ -56,20 +53,14 @@ def run_insertion() -> str:
     raise UsageError(f"--units={_UNITS.value}; {layer['layer']} has {num_units} units")
   iou = layer_iou(_DISSECTION.value, layer)[:, c]
   if _RANKING.value == "alpha":
-    path = result_stem(_DISSECTION.value, "units", concept) + ".json"
-    if not os.path.exists(path):
-      raise UsageError(f"--ranking alpha needs {path}; run experiments.optimize_units first")
-    with open(path) as f:
-      learned = json.load(f)
-    if learned["layer"] != layer["layer"]:
-      raise UsageError(f"{path} holds coefficients of {learned['layer']}, not {layer['layer']}")
-    order = unitsets.ranking(np.asarray(learned["alpha"]), iou)
+    alpha = learned_alpha(_DISSECTION.value, concept, layer, "--ranking alpha")
+    order = unitsets.ranking(alpha, iou)
   else:
     order = np.argsort(-iou, kind="stable")
   units = order[: _UNITS.value]
   alpha = np.zeros(num_units, np.float32)
   alpha[units] = 1.0
-  values = np.array([u["threshold"] for u in layer["units"]], np.float32) * _VALUE_SCALE.value
+  values = unit_thresholds(layer) * _VALUE_SCALE.value
   gen = zoo.load_generator(doc["model"])
   seg = zoo.load_segmenter(doc["segmenter"])
   ctx = causal.insertion_context(

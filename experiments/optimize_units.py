@@ -18,8 +18,6 @@ plots it against the other rankings.
 
 from __future__ import annotations
 
-import os
-
 from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
@@ -28,7 +26,7 @@ import numpy as np
 from experiments import cli
 from experiments.cli import UsageError
 from experiments.dissection_io import (concept_index, layer_iou, load_dissection, pick_layer,
-                                       result_stem)
+                                       result_stem, unit_thresholds)
 from experiments.progress import progress
 from jaxdissect import causal, checkpoint, unitsets, zoo
 from jaxdissect.zsample import z_batches
@@ -89,7 +87,7 @@ def run_optimization() -> str:
   zdim = zoo.latent_dim(doc["model"])
   num_units = layer["shape"][2]
   iou = layer_iou(_DISSECTION.value, layer)[:, c]
-  values = np.array([u["threshold"] for u in layer["units"]], np.float32)  # top-1% levels
+  values = unit_thresholds(layer)
   objective = unitsets.Objective(l2=_L2.value, l1=_L1.value)
   loss = unitsets.loss_fn(gen, seg, layer["layer"], c, jnp.asarray(values), objective)
   optimizer = unitsets.make_optimizer(_LR.value)

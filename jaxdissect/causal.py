@@ -95,6 +95,22 @@ def average_effect(gen: Generator, seg: Segmenter, layer: str, edit: Edit, *, n:
   return moments.effect()
 
 
+def _groups(edits: jax.Array, chunk: int) -> jax.Array:
+  """`[E, ...]` edits as `[G, chunk, ...]` groups, the last padded by repeating the last edit,
+  so that every group goes through one compiled function."""
+  if chunk < 1:
+    raise ValueError(f"chunk is {chunk}, expected a positive number of edits")
+  chunk = min(chunk, edits.shape[0])
+  padded = jnp.concatenate([edits, jnp.repeat(edits[-1:], -edits.shape[0] % chunk, axis=0)])
+  return padded.reshape(-1, chunk, *edits.shape[1:])
+
+
+def _over_groups(fn: Callable[[jax.Array], jax.Array], groups: jax.Array,
+                 num_edits: int) -> np.ndarray:
+  """`fn` on every group, results stacked along the edits and the padding dropped."""
+  return np.concatenate([np.asarray(fn(g)) for g in groups])[:num_edits]
+
+
 def edit_effects(gen: Generator, seg: Segmenter, layer: str, alphas: jax.Array, *, n: int,
                  batch_size: int, seed: int, zdim: int, values: jax.Array | None = None,
                  chunk: int = 16, on_batch: Callable[[int], None] | None = None) -> Effect:
@@ -104,15 +120,11 @@ def edit_effects(gen: Generator, seg: Segmenter, layer: str, alphas: jax.Array, 
   Edits go through the generator `chunk` at a time as a vmapped batch of counterfactual worlds,
   each chunk one call of one compiled function (the last chunk is padded).
   """
-  if chunk < 1:
-    raise ValueError(f"chunk is {chunk}, expected a positive number of edits")
   alphas = jnp.asarray(alphas, jnp.float32)
   num_edits, num_units = alphas.shape
   fractions = _fractions_fn(gen, seg, layer)
   values = jnp.zeros((num_units,), jnp.float32) if values is None else jnp.asarray(values)
-  chunk = min(chunk, num_edits)
-  padded = jnp.concatenate([alphas, jnp.repeat(alphas[-1:], -num_edits % chunk, axis=0)])
-  groups = padded.reshape(-1, chunk, num_units)
+  groups = _groups(alphas, chunk)
 
   @jax.jit
   def sweep(z, group):
@@ -122,7 +134,7 @@ def edit_effects(gen: Generator, seg: Segmenter, layer: str, alphas: jax.Array, 
   moments = _Moments()
   for _, z in z_batches(n, seed, batch_size, zdim):
     z = jnp.asarray(z)
-    edited = np.concatenate([np.asarray(sweep(z, g)) for g in groups])[:num_edits]
+    edited = _over_groups(lambda g: sweep(z, g), groups, num_edits)
     moments.add(base_fn(z), edited)
     if on_batch is not None:
       on_batch(z.shape[0])
@@ -189,9 +201,7 @@ def insertion_context(gen: Generator, seg: Segmenter, layer: str, alpha: jax.Arr
   alpha = jnp.asarray(alpha, jnp.float32)
   values = jnp.asarray(values, jnp.float32)
   fractions = _fractions_fn(gen, seg, layer)
-  chunk = min(chunk, h * w)
-  padded = jnp.concatenate([cells, jnp.repeat(cells[-1:], -(h * w) % chunk, axis=0)])
-  groups = padded.reshape(-1, chunk, h, w, 1)
+  groups = _groups(cells, chunk)
 
   @jax.jit
   def edited(z, group):
@@ -209,7 +219,7 @@ def insertion_context(gen: Generator, seg: Segmenter, layer: str, alpha: jax.Arr
   for _, z in z_batches(n, seed, batch_size, zdim):
     z = jnp.asarray(z)
     before, labels = base(z)
-    after = np.concatenate([np.asarray(edited(z, g)) for g in groups])[: h * w]  # [hw, B]
+    after = _over_groups(lambda g: edited(z, g), groups, h * w)  # [hw, B]
     delta = after - np.asarray(before)[None]
     labels = np.asarray(labels)
     sy, sx = labels.shape[1] // h, labels.shape[2] // w

@@ -29,7 +29,7 @@ import numpy as np
 from jaxdissect.errors import check_choice
 from jaxdissect.model import Generator, Segmenter
 from jaxdissect.stats import conditional, tail
-from jaxdissect.stats.topk import topk as topk_stat
+from jaxdissect.stats.topk import largest_values, topk as topk_stat
 from jaxdissect.upsample import upsample
 from jaxdissect.zsample import z_batches
 
@@ -216,13 +216,16 @@ def tally_fn(config: Config, shapes: Shapes, num_concepts: int) -> Callable:
   return tally
 
 
+def _placeholder_bracket(config: Config, units: int) -> Any:
+  """A valid bracket of the right shape, for stats whose real bracket lives in their state."""
+  if config.threshold == "iqr":
+    return np.zeros((units, len(IQR_LEVELS)), np.float32)
+  return np.zeros(units, np.float32), np.ones(units, np.float32)
+
+
 def _update_only(config: Config, num_concepts: int, units: int) -> Callable:
   """The update function of the layer's stat, independent of its brackets."""
-  if config.threshold == "iqr":
-    dummy = np.zeros((units, len(IQR_LEVELS)), np.float32)
-  else:
-    dummy = (np.zeros(units, np.float32), np.ones(units, np.float32))
-  return _stat(config, num_concepts, units, dummy).update
+  return _stat(config, num_concepts, units, _placeholder_bracket(config, units)).update
 
 
 def step_fn(gen: Generator, seg: Segmenter, config: Config, shapes: Shapes) -> Callable:
@@ -281,11 +284,7 @@ def _tail_bracket(values: list[np.ndarray], q: float) -> tuple[np.ndarray, np.nd
   rank_q = max(1, int(round(q * total)))  # 1-based rank from the top
   rank_lo = min(total, 3 * rank_q)
   rank_hi = max(1, rank_q // 3)
-  kept = None
-  for v in values:  # the union of each batch's top rank_lo values holds the global top rank_lo
-    kept = v if kept is None else np.concatenate([kept, v], axis=1)
-    if kept.shape[1] > rank_lo:
-      kept = np.partition(kept, kept.shape[1] - rank_lo, axis=1)[:, -rank_lo:]
+  kept = largest_values(values, rank_lo)
   top = np.sort(kept, axis=1)[:, ::-1]  # descending: top[:, r - 1] has rank r
   at_q = top[:, rank_q - 1]
   lo = top[:, rank_lo - 1]
@@ -420,12 +419,8 @@ def dissect(gen: Generator, seg: Segmenter, config: Config,
 
 def template_state(run: Run) -> State:
   """A state with the shapes and dtypes of this run's states (to load a checkpoint into)."""
-  dummy = {}
-  for layer, (_, _, units) in run.shapes.layers.items():
-    if run.config.threshold == "iqr":
-      dummy[layer] = np.zeros((units, len(IQR_LEVELS)), np.float32)
-    else:
-      dummy[layer] = (np.zeros(units, np.float32), np.ones(units, np.float32))
+  dummy = {layer: _placeholder_bracket(run.config, units)
+           for layer, (_, _, units) in run.shapes.layers.items()}
   return init_state(run.config, run.shapes, run.num_concepts, dummy)
 
 

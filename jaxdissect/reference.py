@@ -19,6 +19,7 @@ import numpy as np
 from jaxdissect.errors import check_choice
 from jaxdissect.model import Generator, Segmenter
 from jaxdissect.stats import iou
+from jaxdissect.stats.topk import largest_values
 from jaxdissect.upsample import upsample
 from jaxdissect.zsample import z_batches
 
@@ -59,21 +60,23 @@ def exact_top_quantile(stream: Iterator[jax.Array], q: float, total: int) -> np.
   position = (1.0 - q) * (total - 1)  # in the ascending order of all `total` values
   low = int(np.floor(position))
   keep = total - low  # the ascending ranks low .. total - 1
-  kept, seen = None, 0
-  for acts in stream:
-    values = np.asarray(acts, np.float32).reshape(-1, acts.shape[-1])
-    if not np.all(np.isfinite(values)):
-      raise FloatingPointError(f"non-finite activations in units "
-                               f"{np.nonzero(~np.all(np.isfinite(values), 0))[0].tolist()}")
-    seen += values.shape[0]
-    kept = values if kept is None else np.concatenate([kept, values])
-    if kept.shape[0] > keep:
-      kept = np.partition(kept, kept.shape[0] - keep, axis=0)[-keep:]
+  seen = 0
+
+  def rows():  # [U, N_i] host chunks, checked and counted on the way
+    nonlocal seen
+    for acts in stream:
+      values = np.asarray(acts, np.float32).reshape(-1, acts.shape[-1])
+      if not np.all(np.isfinite(values)):
+        raise FloatingPointError(f"non-finite activations in units "
+                                 f"{np.nonzero(~np.all(np.isfinite(values), 0))[0].tolist()}")
+      seen += values.shape[0]
+      yield np.ascontiguousarray(values.T)
+
+  top = np.sort(largest_values(rows(), keep), axis=1)  # top[:, i] has ascending rank low + i
   if seen != total:
     raise ValueError(f"stream held {seen} rows, expected {total}")
-  top = np.sort(kept, axis=0)  # top[i] has ascending rank low + i
-  hi_val = top[min(1, top.shape[0] - 1)]
-  return (top[0] + (position - low) * (hi_val - top[0])).astype(np.float32)
+  hi_val = top[:, min(1, top.shape[1] - 1)]
+  return (top[:, 0] + (position - low) * (hi_val - top[:, 0])).astype(np.float32)
 
 
 def reference_dissect(gen: Generator, seg: Segmenter, layer: str, *, n: int, batch_size: int,

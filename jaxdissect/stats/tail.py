@@ -69,8 +69,12 @@ class TailState(NamedTuple):
 def bracket_width(lo: np.ndarray, hi: np.ndarray, num_bins: int) -> np.ndarray:
   """Bin width for brackets `[lo, hi]`, kept positive and resolvable in float32."""
   lo, hi = np.asarray(lo, np.float32), np.asarray(hi, np.float32)
-  floor = np.maximum(np.abs(lo), np.abs(hi)) * 1e-6 + 1e-30
-  return np.maximum((hi - lo) / num_bins, floor).astype(np.float32)
+  return np.maximum((hi - lo) / num_bins, _narrowest(lo, hi)).astype(np.float32)
+
+
+def _narrowest(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+  """The smallest bin width used: below it float32 cannot tell values in the bracket apart."""
+  return np.maximum(np.abs(lo), np.abs(hi)) * 1e-6 + 1e-30
 
 
 def tail_histogram(num_units: int, num_concepts: int, lo: np.ndarray, hi: np.ndarray,
@@ -175,9 +179,7 @@ class TailResult(NamedTuple):
 
 def _is_point_bin(width: np.ndarray, lo: np.ndarray, num_bins: int) -> np.ndarray:
   """True where bins are as narrow as `bracket_width` allows: their values count as one value."""
-  hi = lo + width * num_bins
-  floor = np.maximum(np.abs(lo), np.abs(hi)) * 1e-6 + 1e-30
-  return width <= 1.5 * floor
+  return width <= 1.5 * _narrowest(lo, lo + width * num_bins)
 
 
 def tail_iou(state: TailState, q: float) -> TailResult:

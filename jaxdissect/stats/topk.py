@@ -9,7 +9,7 @@ result does not depend on how the stream was batched, merged or sharded.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Iterable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -96,3 +96,21 @@ def topk(num_units: int, k: int) -> Stat:
     return TopK(values=state.values, indices=jnp.where(empty, -1, state.indices))
 
   return Stat(init, update, merge, result)
+
+
+def largest_values(chunks: Iterable[np.ndarray], keep: int) -> np.ndarray:
+  """The `keep` largest values of each row over a stream of `[U, N_i]` host arrays (unsorted).
+
+  The global top values are among each chunk's top values, so only `[U, keep]` is ever held:
+  exact order statistics of the upper tail with memory independent of the stream's length.
+  """
+  if keep < 1:
+    raise ValueError(f"keep is {keep}, expected a positive number of values")
+  kept = None
+  for chunk in chunks:
+    kept = chunk if kept is None else np.concatenate([kept, chunk], axis=1)
+    if kept.shape[1] > keep:
+      kept = np.partition(kept, kept.shape[1] - keep, axis=1)[:, -keep:]
+  if kept is None:
+    raise ValueError("largest_values got an empty stream")
+  return kept
