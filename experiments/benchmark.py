@@ -17,6 +17,8 @@ Command for the single-unit ablation sweep, vmapped against a loop over units (a
 
   python -m experiments.benchmark --what=sweep --repeats 1 --out benchmark_sweep.json
 
+  (`--sweep_n`, `--sweep_batch` and `--sweep_chunks 16,128` change the workload.)
+
 Command for dissection against a bare generator+segmenter pass (`--parts` picks a subset):
 
   python -m experiments.benchmark --what=dissect --out benchmark_dissect.json
@@ -75,6 +77,15 @@ _LIGHT_N = flags.DEFINE_integer("light_n", 1000, "Images of the scene-world work
 _LIGHT_BATCH = flags.DEFINE_integer("light_batch", 100, "Batch size of the scene-world workload.")
 _HEAVY_N = flags.DEFINE_integer("heavy_n", 200, "Images of the ProgGAN-256 workload.")
 _HEAVY_BATCH = flags.DEFINE_integer("heavy_batch", 10, "Batch size of the ProgGAN-256 workload.")
+_SWEEP_N = flags.DEFINE_integer("sweep_n", 100, "Images of the ablation sweep benchmark.")
+_SWEEP_BATCH = flags.DEFINE_integer("sweep_batch", 50, "Images per batch of the sweep benchmark.")
+_SWEEP_CHUNKS = flags.DEFINE_list("sweep_chunks", ["16"], "Edits per vmapped call to time.")
+_HEAVY_SEGMENTER = flags.DEFINE_string("heavy_segmenter", "pooled_scene",
+                                       "pooled_scene, or a ports.semseg arch such as "
+                                       "resnet50-upernet (random weights, 128x128 output).")
+_HEAVY_PRECISION = flags.DEFINE_enum("heavy_precision", "highest",
+                                     ["default", "high", "highest"],
+                                     "Matmul precision of a ports.semseg heavy segmenter.")
 _MEMORY_N = flags.DEFINE_list("memory_n", ["1000", "10000"],
                               "Image counts whose dissection peak RSS is compared.")
 
@@ -354,10 +365,22 @@ def bench_light(repeats: int) -> dict:
   return out
 
 
+def heavy_segmenter(kind: str) -> Segmenter:
+  """The heavy workload's segmenter: the scene segmenter on 4x pooled images (64x64 labels), or
+  an ADE20K-format port (`ports.semseg` arch, random weights) on the full 256x256 image with
+  128x128 output, the original's segmentation resolution for 256px GANs."""
+  if kind == "pooled_scene":
+    return pooled_segmenter(zoo.load_segmenter("sceneworld"), 4)
+  from ports import semseg  # pylint: disable=g-import-not-at-top
+  params = semseg.network(kind).init(jax.random.key(1), jnp.zeros((1, 64, 64, 3)))["params"]
+  return semseg.make_segmenter(params, kind, seg_size=(128, 128),
+                               precision=_HEAVY_PRECISION.value)
+
+
 def bench_heavy(repeats: int) -> dict:
-  """ProgGAN-256 layer4 with a pooled scene segmenter: bare pass vs one-pass dissection."""
+  """ProgGAN-256 layer4 with the `--heavy_segmenter`: bare pass vs one-pass dissection."""
   gen = proggan.make_generator(proggan.LSUN_SIZES, jax.random.key(0))
-  seg = pooled_segmenter(zoo.load_segmenter("sceneworld"), 4)
+  seg = heavy_segmenter(_HEAVY_SEGMENTER.value)
   config = dissect.Config(("layer4",), _HEAVY_N.value, proggan.LSUN_SIZES[0],
                           batch_size=_HEAVY_BATCH.value)
   forward = bare_forward(gen, seg, config)
@@ -372,6 +395,7 @@ def bench_heavy(repeats: int) -> dict:
     logging.info("heavy repeat %d: bare %.2f s, %s", r + 1, bare[-1],
                  {k: round(v, 2) for k, v in samples[-1].items()})
   out = {"n": config.n, "batch": config.batch_size, "warmup": config.warmup,
+         "segmenter": _HEAVY_SEGMENTER.value, "precision": _HEAVY_PRECISION.value,
          "compile_s": compile_s, **_summary(samples, bare),
          **stage_costs(gen, seg, run, repeats)}
   # At n images the warmup (a fixed `warmup` images) is amortised over more tallied images.
@@ -464,7 +488,8 @@ def dissect_markdown(r: dict) -> str:
               f"{w['reference_ratio']:.1f}x the bare pass.", ""]
   heavy = r.get("heavy")
   if heavy:
-    lines += [f"Heavy: ProgGAN-256 layer4 -> 64x64, pooled scene segmenter, n={heavy['n']}, "
+    lines += [f"Heavy: ProgGAN-256 layer4, segmenter {heavy['segmenter']} "
+              f"({heavy['precision']} precision), n={heavy['n']}, "
               f"batch {heavy['batch']}, warmup {heavy['warmup']} images.", "",
               "| bare gen+seg (s) | one-pass, compile excluded (s) | x bare "
               f"| tally pass only (s) | x bare | projected x bare at n={heavy['projected_n']} |",
@@ -493,26 +518,32 @@ def dissect_markdown(r: dict) -> str:
   return "\n".join(lines)
 
 
-def bench_sweep(repeats: int, n: int = 100) -> dict:
+def bench_sweep(repeats: int, n: int, chunks: list[int], batch_size: int) -> dict:
   """All single-unit ablations of the scene GAN's layer4 (128 units) on n images: the vmapped
-  sweep (16 edits per call) against a Python loop over units of the same jitted function (one
-  edit per call), compile excluded (each is run once on a small n first)."""
+  sweep (each of `chunks` edits per call) against a Python loop over units of the same jitted
+  function (one edit per call), compile excluded (each is run once on one batch first). Also the
+  largest difference between the vmapped and the looped effects."""
   from jaxdissect import causal, zoo  # pylint: disable=g-import-not-at-top
   world = zoo.load_world("sceneworld")
-  args = dict(n=n, batch_size=50, seed=2, zdim=world.zdim)
-  times = {"vmapped": [], "loop": []}
+  args = dict(n=n, batch_size=batch_size, seed=2, zdim=world.zdim)
+  runs = {"loop": 1, **{f"vmapped_{c}": c for c in chunks}}
+  times = {name: [] for name in runs}
+  deltas = {}
   for _ in range(repeats):
-    for name, chunk in (("vmapped", 16), ("loop", 1)):
+    for name, chunk in runs.items():
       causal.single_unit_effects(world.generator, world.segmenter, "layer4", 128, chunk=chunk,
-                                 **{**args, "n": 50})  # compile
+                                 **{**args, "n": batch_size})  # compile
       start = time.perf_counter()
-      causal.single_unit_effects(world.generator, world.segmenter, "layer4", 128, chunk=chunk,
-                                 **args)
+      effect = causal.single_unit_effects(world.generator, world.segmenter, "layer4", 128,
+                                          chunk=chunk, **args)
       times[name].append(time.perf_counter() - start)
+      deltas[name] = effect.delta
   med = {k: float(np.median(v)) for k, v in times.items()}
-  ratios = [loop / vm for loop, vm in zip(times["loop"], times["vmapped"])]
-  return {"sweep": {"n": n, "units": 128, "seconds": med, "runs": times,
-                    "speedup": float(np.median(ratios))}}
+  speedup = {k: float(np.median([loop / t for loop, t in zip(times["loop"], times[k])]))
+             for k in runs if k != "loop"}
+  diff = {k: float(np.max(np.abs(deltas[k] - deltas["loop"]))) for k in runs if k != "loop"}
+  return {"sweep": {"n": n, "batch_size": batch_size, "units": 128, "seconds": med,
+                    "runs": times, "speedup": speedup, "max_abs_delta_difference": diff}}
 
 
 def main(argv):
@@ -522,13 +553,14 @@ def main(argv):
   result = {"machine": platform.processor() or platform.machine(), "jax": jax.__version__,
             "devices": [str(d) for d in jax.devices()], "date": time.strftime("%Y-%m-%d")}
   if _WHAT.value == "sweep":
-    result.update(bench_sweep(repeats))
+    result.update(bench_sweep(repeats, _SWEEP_N.value, [int(c) for c in _SWEEP_CHUNKS.value],
+                              _SWEEP_BATCH.value))
     with open(_OUT.value or "benchmark_sweep.json", "w") as f:
       json.dump(result, f, indent=2)
     sweep = result["sweep"]
-    logging.info("single-unit ablation sweep, scene GAN layer4 (128 units), %d images: vmapped "
-                 "%.1f s, loop %.1f s, speedup %.2fx", sweep["n"], sweep["seconds"]["vmapped"],
-                 sweep["seconds"]["loop"], sweep["speedup"])
+    logging.info("single-unit ablation sweep, scene GAN layer4 (128 units), %d images: %s s; "
+                 "speedup over the loop %s; max |delta difference| %s", sweep["n"],
+                 sweep["seconds"], sweep["speedup"], sweep["max_abs_delta_difference"])
     return
   if _WHAT.value == "dissect":
     result["cpus"] = os.cpu_count()

@@ -41,7 +41,7 @@ from jaxdissect import checkpoint, dissect, examples, zoo
 from jaxdissect.report import document, html, strips
 
 _MODEL = flags.DEFINE_string("model", "sceneworld", f"Generator: one of {list(zoo.GENERATORS)}.")
-_SEGMENTER = flags.DEFINE_string("segmenter", None, "Segmenter (default: the model's world).")
+_SEGMENTER = flags.DEFINE_string("segmenter", None, "Segmenter (default: the model's usual one, zoo.default_segmenter).")
 _LAYERS = flags.DEFINE_list("layers", None, "Layers to dissect (default: all but the output).")
 _N = flags.DEFINE_integer("n", 1000, "Number of images.")
 _BATCH = flags.DEFINE_integer("batch_size", 100, "Images per batch.")
@@ -202,7 +202,7 @@ def run_dissection() -> str:
   if model not in zoo.GENERATORS:
     raise UsageError(f"--model={model!r} is unknown; valid models are: "
                      f"{', '.join(zoo.GENERATORS)}")
-  segmenter = _SEGMENTER.value or model
+  segmenter = _SEGMENTER.value or zoo.default_segmenter(model)
   if segmenter not in zoo.SEGMENTERS:
     raise UsageError(f"--segmenter={segmenter!r} is unknown; valid segmenters are: "
                      f"{', '.join(zoo.SEGMENTERS)}")

@@ -1,6 +1,6 @@
 """What the causal scripts read from a finished dissection: its document, a layer, a concept.
 
-`ablate`, `optimize_units` (and later `insert`) start from `experiments.dissect`'s output folder,
+`ablate`, `optimize_units` and `insert` start from `experiments.dissect`'s output folder,
 so the model, segmenter and IoU tables they use are the dissected ones, and bad choices fail the
 same way in each script: one line naming the value and the valid ones.
 """
@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from experiments.cli import UsageError
+from jaxdissect import causal
 from jaxdissect.report import document
 
 
@@ -72,3 +73,22 @@ def learned_alpha(folder: str, concept: str, layer: dict, flag: str) -> np.ndarr
 def unit_thresholds(layer: dict) -> np.ndarray:
   """`[C]` each unit's dissection threshold (its top-q level): the default insertion value."""
   return np.array([u["threshold"] for u in layer["units"]], np.float32)
+
+
+INSERT_VALUES = ("quantile", "concept_mean")
+
+
+def insertion_values(layer: dict, choice: str, gen, seg, concept: int, zdim: int, *,
+                     n: int = 200, seed: int = 5, batch_size: int = 50) -> np.ndarray:
+  """`[C]` per-unit insertion levels: "quantile", each unit's dissection threshold (its top-q
+  level, the 0.99 quantile at the default q); "concept_mean", its mean activation on the
+  concept's pixels over n images of z seed `seed` (`causal.conditional_means`)."""
+  if choice not in INSERT_VALUES:
+    raise UsageError(f"insertion value {choice!r}; valid choices are: {', '.join(INSERT_VALUES)}")
+  if choice == "quantile":
+    return unit_thresholds(layer)
+  try:
+    return causal.conditional_means(gen, seg, layer["layer"], concept, n=n, batch_size=batch_size,
+                                    seed=seed, zdim=zdim)
+  except ValueError as e:
+    raise UsageError(str(e)) from e

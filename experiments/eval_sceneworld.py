@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 from experiments.progress import progress
+from jaxdissect.realism import frechet_distance
 from jaxdissect.sceneworld import gan, render
 from jaxdissect.sceneworld import segmenter as scene_segmenter
 from jaxdissect.sceneworld.render import CONCEPTS
@@ -105,21 +106,6 @@ def tv_distance(p: np.ndarray, q: np.ndarray) -> float:
 def image_frequency(counts: np.ndarray, min_pixels: int) -> np.ndarray:
   """`[K]` fraction of images with at least `min_pixels` pixels of each concept."""
   return (counts >= min_pixels).mean(axis=0)
-
-
-def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
-  """Frechet distance between Gaussian fits of feature sets `x [n, F]` and `y [m, F]`.
-
-  `|mu_x - mu_y|^2 + tr(S_x + S_y - 2 (S_x S_y)^(1/2))`, the trace of the square root computed
-  as the sum of square roots of the eigenvalues of the PSD matrix `S_x^(1/2) S_y S_x^(1/2)`.
-  """
-  mx, my = x.mean(axis=0), y.mean(axis=0)
-  sx, sy = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
-  w, v = np.linalg.eigh(sx)
-  sx_half = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-  cross = np.linalg.eigvalsh(sx_half @ sy @ sx_half)
-  tr_sqrt = np.sqrt(np.clip(cross, 0, None)).sum()
-  return float(np.sum((mx - my) ** 2) + np.trace(sx) + np.trace(sy) - 2 * tr_sqrt)
 
 
 def generated_batches(generator, n: int, seed: int, batch_size: int):

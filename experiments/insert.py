@@ -22,8 +22,8 @@ import numpy as np
 
 from experiments import cli
 from experiments.cli import UsageError
-from experiments.dissection_io import (concept_index, layer_iou, learned_alpha, load_dissection,
-                                       pick_layer, result_stem, unit_thresholds)
+from experiments.dissection_io import (INSERT_VALUES, concept_index, insertion_values, layer_iou,
+                                       learned_alpha, load_dissection, pick_layer, result_stem)
 from jaxdissect import causal, unitsets, zoo
 from jaxdissect.report import svg
 
@@ -35,7 +35,11 @@ _LAYER = flags.DEFINE_string("layer", None, "Layer (default: the one with the co
 _UNITS = flags.DEFINE_integer("units", 20, "How many of the concept's top units to insert.")
 _RANKING = flags.DEFINE_enum("ranking", "iou", ["iou", "alpha"], "Which units: by IoU or by "
                              "the learned alpha of optimize_units.")
-_VALUE_SCALE = flags.DEFINE_float("value_scale", 1.0, "Insertion level = unit threshold x this.")
+_INSERT_VALUE = flags.DEFINE_enum("insert_value", "quantile", list(INSERT_VALUES),
+                                  "Insertion level per unit: quantile (its dissection threshold, "
+                                  "the 0.99 quantile at q=0.01) or concept_mean (its mean on the "
+                                  "concept's pixels).")
+_VALUE_SCALE = flags.DEFINE_float("value_scale", 1.0, "Multiplier of the insertion level.")
 _N = flags.DEFINE_integer("n", 100, "Images.")
 _SEED = flags.DEFINE_integer("seed", 4, "z seed of the images.")
 _BATCH = flags.DEFINE_integer("batch_size", 20, "Images per batch.")
@@ -60,12 +64,13 @@ def run_insertion() -> str:
   units = order[: _UNITS.value]
   alpha = np.zeros(num_units, np.float32)
   alpha[units] = 1.0
-  values = unit_thresholds(layer) * _VALUE_SCALE.value
   gen = zoo.load_generator(doc["model"])
   seg = zoo.load_segmenter(doc["segmenter"])
+  zdim = zoo.latent_dim(doc["model"])
+  values = insertion_values(layer, _INSERT_VALUE.value, gen, seg, c, zdim) * _VALUE_SCALE.value
   ctx = causal.insertion_context(
       gen, seg, layer["layer"], jnp.asarray(alpha), jnp.asarray(values), c, (h, w), n=_N.value,
-      batch_size=_BATCH.value, seed=_SEED.value, zdim=zoo.latent_dim(doc["model"]),
+      batch_size=_BATCH.value, seed=_SEED.value, zdim=zdim,
       chunk=_CHUNK.value, on_batch=cli.ticker(_N.value, "insert", _QUIET.value))
   names = [x["name"] for x in doc["concepts"]]
   table = {names[k]: {"added": float(ctx.mean[k]), "ci99": float(ctx.ci99[k]),
@@ -76,7 +81,8 @@ def run_insertion() -> str:
          "concept": concept, "units": [int(u) for u in units],
          "values": [float(values[u]) for u in units],
          "settings": {"n": _N.value, "seed": _SEED.value, "ranking": _RANKING.value,
-                      "value_scale": _VALUE_SCALE.value, "units": _UNITS.value},
+                      "insert_value": _INSERT_VALUE.value, "value_scale": _VALUE_SCALE.value,
+                      "units": _UNITS.value},
          "context": ranked}
   stem = result_stem(_DISSECTION.value, "insertion", concept)
   cli.write_json(stem + ".json", out)

@@ -25,8 +25,8 @@ import numpy as np
 
 from experiments import cli
 from experiments.cli import UsageError
-from experiments.dissection_io import (concept_index, layer_iou, load_dissection, pick_layer,
-                                       result_stem, unit_thresholds)
+from experiments.dissection_io import (INSERT_VALUES, concept_index, insertion_values,
+                                       layer_iou, load_dissection, pick_layer, result_stem)
 from experiments.progress import progress
 from jaxdissect import causal, checkpoint, unitsets, zoo
 from jaxdissect.zsample import z_batches
@@ -41,6 +41,15 @@ _BATCH = flags.DEFINE_integer("batch_size", 8, "Images per step.")
 _LR = flags.DEFINE_float("learning_rate", 0.02, "Adam learning rate.")
 _L2 = flags.DEFINE_float("l2", 0.005, "L2 penalty on alpha (as the original).")
 _L1 = flags.DEFINE_float("l1", 0.0, "L1 penalty on alpha, for sparser (minimal) sets.")
+_RELAXATION = flags.DEFINE_enum("relaxation", "clip", list(unitsets.RELAXATIONS),
+                                "clip: alpha projected to [0, 1] (the original); hard_concrete: "
+                                "stochastic 0/1 gates with an expected-L0 penalty (--l0).")
+_L0 = flags.DEFINE_float("l0", 0.0, "Penalty per expected open gate (hard_concrete only).")
+_INSERT_VALUE = flags.DEFINE_enum("insert_value", "quantile", list(INSERT_VALUES),
+                                  "Insertion level per unit: quantile (its dissection threshold, "
+                                  "the 0.99 quantile at q=0.01) or concept_mean (its mean on the "
+                                  "concept's pixels).")
+_KEY = flags.DEFINE_integer("key", 0, "PRNG seed of the hard-concrete gate draws.")
 _SEED = flags.DEFINE_integer("seed", 10, "z seed of the training images.")
 _EVAL_N = flags.DEFINE_integer("eval_n", 200, "Held-out images for the discrete check.")
 _EVAL_SEED = flags.DEFINE_integer("eval_seed", 3, "z seed of the held-out images.")
@@ -53,7 +62,8 @@ _QUIET = flags.DEFINE_bool("quiet", False, "No progress bars.")
 
 def _settings() -> dict:
   return {"steps": _STEPS.value, "batch_size": _BATCH.value, "learning_rate": _LR.value,
-          "l2": _L2.value, "l1": _L1.value, "seed": _SEED.value}
+          "l2": _L2.value, "l1": _L1.value, "relaxation": _RELAXATION.value, "l0": _L0.value,
+          "key": _KEY.value, "seed": _SEED.value, "insert_value": _INSERT_VALUE.value}
 
 
 def _save(root: str, state: unitsets.TrainState, history: list, meta: dict) -> None:
@@ -87,11 +97,15 @@ def run_optimization() -> str:
   zdim = zoo.latent_dim(doc["model"])
   num_units = layer["shape"][2]
   iou = layer_iou(_DISSECTION.value, layer)[:, c]
-  values = unit_thresholds(layer)
-  objective = unitsets.Objective(l2=_L2.value, l1=_L1.value)
-  loss = unitsets.loss_fn(gen, seg, layer["layer"], c, jnp.asarray(values), objective)
+  if _L0.value and _RELAXATION.value != "hard_concrete":
+    raise UsageError("--l0 needs --relaxation hard_concrete")
+  values = insertion_values(layer, _INSERT_VALUE.value, gen, seg, c, zdim)
+  objective = unitsets.Objective(l2=_L2.value, l1=_L1.value, l0=_L0.value)
+  relaxation = _RELAXATION.value
+  loss = unitsets.loss_fn(gen, seg, layer["layer"], c, jnp.asarray(values), objective, relaxation)
   optimizer = unitsets.make_optimizer(_LR.value)
-  state = unitsets.init_state(jnp.asarray(iou / max(float(iou.max()), 1e-12)), optimizer)
+  state = unitsets.init_state(jnp.asarray(iou / max(float(iou.max()), 1e-12)), optimizer,
+                              relaxation)
   stem = result_stem(_DISSECTION.value, "units", concept)
   root = stem + ".checkpoint"
   meta = {"layer": layer["layer"], "concept": concept, "settings": _settings()}
@@ -100,7 +114,7 @@ def run_optimization() -> str:
   if restored is not None:
     state, history = restored
     logging.info("resuming from step %d of %d", int(state.step), _STEPS.value)
-  step = unitsets.step_fn(loss, optimizer)
+  step = unitsets.step_fn(loss, optimizer, jax.random.key(_KEY.value), relaxation)
   done = int(state.step)
   batches = z_batches(_STEPS.value * _BATCH.value, _SEED.value, _BATCH.value, zdim,
                       start=done * _BATCH.value)
@@ -111,7 +125,7 @@ def run_optimization() -> str:
     if int(state.step) % _EVERY.value == 0:
       _save(root, state, history, meta)
   _save(root, state, history, meta)
-  alpha = np.asarray(state.alpha)
+  alpha = np.asarray(unitsets.coefficients(state.params, relaxation))
   order = unitsets.ranking(alpha, iou)
   max_units = min(_MAX_UNITS.value, num_units)
   curve = causal.ablation_curve(gen, seg, layer["layer"], order, num_units, max_units=max_units,
@@ -122,8 +136,8 @@ def run_optimization() -> str:
   out = {"model": doc["model"], "segmenter": doc["segmenter"], "layer": layer["layer"],
          "concept": concept,
          "settings": {**_settings(), "eval_n": _EVAL_N.value, "eval_seed": _EVAL_SEED.value,
-                      "target": _TARGET.value, "insert_values": "dissection thresholds"},
-         "alpha": alpha.tolist(), "ranking": [int(u) for u in order],
+                      "target": _TARGET.value},
+         "alpha": alpha.tolist(), "insert_values": [float(v) for v in values], "ranking": [int(u) for u in order],
          "history": history,
          "verification": {"units": [int(u) for u in order[:max_units]],
                           "removed": removed.tolist(), "ci99": ci.tolist(),

@@ -37,12 +37,24 @@ def load(path: str, like: Any = None, *, remake: str = "") -> Any:
   hint = f"; regenerate it with: {remake}" if remake else ""
   if not os.path.isdir(path):
     raise CheckpointError(f"no checkpoint at {path}{hint}")
-  abstract = None if like is None else jax.tree.map(ocp.utils.to_shape_dtype_struct,
-                                                     _arrays(like))
   try:
-    return ocp.StandardCheckpointer().restore(path, abstract)
+    checkpointer = ocp.StandardCheckpointer()
+    if like is None:
+      like = checkpointer.metadata(path).item_metadata.tree
+    return checkpointer.restore(path, _on_this_host(like))
   except Exception as e:  # Orbax raises many types for damaged files; report them uniformly.
     raise CheckpointError(f"checkpoint at {path} is unreadable ({type(e).__name__}: {e}){hint}") from e
+
+
+def _on_this_host(like: Any) -> Any:
+  """Abstract arrays placed on this process's first device.
+
+  Naming the target placement lets a checkpoint written on one platform (say a CPU laptop) load
+  on another (a GPU or TPU host): Orbax otherwise tries to restore the saved device topology.
+  """
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=device),
+                      _arrays(like))
 
 
 def _arrays(tree: Any) -> Any:

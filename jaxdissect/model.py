@@ -111,3 +111,10 @@ def check_latent(z: Any, dim: int) -> jax.Array:
     raise ValueError(f"z has dtype {z.dtype} (shape {list(z.shape)}), expected a float array "
                      f"of shape [?, {dim}]")
   return z
+
+
+def check_call(z: Any, dim: int, edits: Mapping[str, Edit] | None,
+               capture: Sequence[str] | str | None, layers: Sequence[str]
+               ) -> tuple[jax.Array, Mapping[str, Edit], tuple[str, ...]]:
+  """The checks every generator's `apply_fn` starts with: `(z, edits, capture names)`."""
+  return check_latent(z, dim), check_edits(edits, layers), check_layers(capture, layers)

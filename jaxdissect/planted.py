@@ -33,8 +33,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxdissect.model import (Edit, Generator, Segmenter, apply_edit, check_edits, check_latent,
-                              check_layers)
+from jaxdissect.model import Edit, Generator, Segmenter, apply_edit, check_call
 
 ZDIM = 512
 LAYERS = ("layer1", "layer2", "layer3")
@@ -113,9 +112,7 @@ def planted_apply(params: Any, z: jax.Array, edits: Mapping[str, Edit] | None = 
                   capture: Sequence[str] | str | None = None
                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The protocol `apply_fn`: `z [B, 512] -> (image [B, 32, 32, 3], acts)`."""
-  z = check_latent(z, ZDIM)
-  names = check_layers(capture, LAYERS)
-  edits = check_edits(edits, LAYERS)
+  z, edits, names = check_call(z, ZDIM, edits, capture, LAYERS)
   acts, x = {}, z
   for name, fn in zip(LAYERS, (_fields, _units, _paint)):
     x = fn(params[name], x)

@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdissect.errors import check_shape
-from jaxdissect.model import (ApplyFn, Edit, Generator, apply_edit, check_edits, check_latent,
-                              check_layers)
+from jaxdissect.model import ApplyFn, Edit, Generator, apply_edit, check_call
+from ports import pth
 
 LSUN_SIZES = (512, 512, 512, 512, 256, 128, 64, 32)
 CELEBAHQ_SIZES = (512, 512, 512, 512, 512, 256, 128, 64, 32, 16)
@@ -150,9 +150,7 @@ def make_apply_fn(sizes: Sequence[int], *, hardtanh: bool = False) -> ApplyFn:
                capture: Sequence[str] | str | None = None
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Runs the generator on `z [B, zdim]`; returns `(image [B, R, R, 3], acts)`."""
-    z = check_latent(z, sizes[0])
-    names = check_layers(capture, layers)
-    edits = check_edits(edits, layers)
+    z, edits, names = check_call(z, sizes[0], edits, capture, layers)
     return module.apply({"params": params}, z, edits, names)
 
   return apply_fn
@@ -262,3 +260,12 @@ def export_state_dict(params: Mapping[str, Mapping[str, Any]]) -> dict[str, np.n
     sd[f"{name}.conv.weight"] = np.asarray(p["kernel"]).transpose(3, 2, 0, 1).copy()
     sd[f"{name}.wscale.b"] = np.asarray(p["bias"]).copy()
   return sd
+
+
+def load(path: str, *, hardtanh: bool = False) -> Generator:
+  """A generator with the weights of a netdissect ProgGAN `.pth` file, read without torch.
+
+  Accepts both torch file layouts, a `{'state_dict': ...}` wrapper and legacy `features.{i}`
+  names. Raises `ports.pth.PthError` for an unreadable file, ValueError for a wrong state dict.
+  """
+  return from_state_dict(pth.load_state_dict(path), hardtanh=hardtanh)

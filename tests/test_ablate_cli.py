@@ -6,6 +6,7 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
+import numpy as np
 import pytest
 
 from jaxdissect import planted
@@ -63,3 +64,54 @@ def test_insertion_context_adds_green_off_green(dissection):
   assert context["red"]["added"] == pytest.approx(1 / 64, abs=1e-6)
   assert all(v["count"] > 0 for v in context.values())
   assert ET.parse(dissection / "insertion-green.svg").getroot().tag.endswith("svg")
+
+
+def test_unit_set_ace_of_ablation_and_insertion(dissection):
+  red, green = planted.PLANTED["red"][1], planted.PLANTED["green"][1]
+  proc = _run("experiments.ablate", "--dissection", str(dissection), "--concept", "red",
+              "--units", f"{red},{green}", "--n", "40", "--batch_size", "20",
+              "--insert_value", "concept_mean", "--value_scale", "3", "--quiet")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  with open(dissection / "ace-red.json") as f:
+    out = json.load(f)
+  assert out["units"] == sorted([red, green])
+  ablation, insertion = out["ablation"], out["insertion"]
+  assert ablation["red"]["edited"] == 0.0 and ablation["green"]["edited"] == 0.0
+  assert ablation["red"]["delta"] == pytest.approx(-ablation["red"]["baseline"])
+  assert ablation["blue"]["delta"] == 0.0  # other concepts untouched (planted: exactly)
+  assert insertion["red"]["delta"] - insertion["red"]["ci99"] > 0  # inserting adds red
+  assert insertion["blue"]["delta"] <= 0
+
+
+def test_masked_curve_measures_inside_the_stroke(dissection, tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  stroke = np.zeros((32, 32), np.uint8)
+  stroke[:, :16] = 255
+  Image.fromarray(stroke).save(tmp_path / "left.png")
+  proc = _run("experiments.ablate", "--dissection", str(dissection), "--concept", "red",
+              "--mask", str(tmp_path / "left.png"), "--rankings", "iou", "--max_units", "2",
+              "--n", "40", "--batch_size", "20", "--quiet")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  with open(dissection / "ablation-red.json") as f:
+    out = json.load(f)
+  assert out["settings"]["mask"].endswith("left.png")
+  assert out["rankings"]["iou"]["removed"][1:] == pytest.approx([1.0, 1.0], abs=1e-9)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--units="], "empty unit set"),
+    (["--units", "3,99"], "unit 99 is out of range; layer2 has units 0..7"),
+    (["--units", "3,x"], "'x' is not a unit number"),
+    (["--concept", "door"], "valid concepts are"),
+    (["--mask", "MASK16"], "is 16x16 pixels; draw it at the generated image's size, 32x32"),
+    (["--mask", "NOTPNG"], "not a readable image"),
+])
+def test_bad_inputs_exit_nonzero_with_a_clear_message(dissection, tmp_path, args, message):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  Image.fromarray(np.full((16, 16), 255, np.uint8)).save(tmp_path / "m16.png")
+  (tmp_path / "bad.png").write_bytes(b"not a png")
+  args = [{"MASK16": str(tmp_path / "m16.png"), "NOTPNG": str(tmp_path / "bad.png")}.get(a, a)
+          for a in args]
+  proc = _run("experiments.ablate", "--dissection", str(dissection), "--concept", "red", *args)
+  assert proc.returncode != 0
+  assert message in proc.stderr.splitlines()[-1], proc.stderr[-1000:]

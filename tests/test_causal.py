@@ -150,3 +150,38 @@ def test_insertion_context_matches_a_direct_count(world):
   if counts[GREEN]:
     assert abs(ctx.mean[GREEN]) < 1e-9
   assert ctx.mean[RED] == pytest.approx(1 / 64, abs=1e-6)
+
+
+def test_conditional_means_match_a_direct_average(world):
+  gen, seg = world
+  got = causal.conditional_means(gen, seg, "layer2", GREEN, n=40, batch_size=20, seed=6,
+                                 zdim=planted.ZDIM)
+  z = zsample.standard_z(40, 6, planted.ZDIM)
+  image, acts = gen.apply_fn(gen.params, z, None, capture=("layer2",))
+  labels = np.asarray(seg.label_fn(seg.params, image))[..., 0]
+  maps = np.asarray(jax.image.resize(acts["layer2"], (40, *labels.shape[1:], planted.UNITS),
+                                     "bilinear"))  # half-pixel centres, as dissection
+  where = labels == GREEN
+  np.testing.assert_allclose(got, maps[where].mean(0), rtol=1e-4, atol=1e-5)
+  assert np.argmax(got) == planted.PLANTED["green"][1]
+
+
+def test_masked_ablation_measured_inside_the_mask(world):
+  gen, seg = world
+  unit = planted.PLANTED["red"][1]
+  stroke = np.zeros((32, 32), np.float32)
+  stroke[:16] = 1.0  # the top half of every image
+  cells = intervene.pool_mask(stroke, (planted.GRID, planted.GRID))
+  effect = causal.single_unit_effects(gen, seg, "layer2", planted.UNITS, n=40, batch_size=20,
+                                      seed=7, zdim=planted.ZDIM, mask=cells, region=stroke)
+  z = zsample.standard_z(40, 7, planted.ZDIM)
+  edit = intervene.ablation([unit], planted.UNITS, mask=cells)
+  gen_, seg_ = world
+  image, _ = gen_.apply_fn(gen_.params, z, {"layer2": edit}, capture=())
+  labels = np.asarray(seg_.label_fn(seg_.params, image))[..., 0]
+  base_image, _ = gen_.apply_fn(gen_.params, z, None, capture=())
+  base = np.asarray(seg_.label_fn(seg_.params, base_image))[..., 0]
+  inside = lambda lab: (lab[:, :16] == RED).mean()
+  np.testing.assert_allclose(effect.baseline[unit, RED], inside(base), atol=1e-7)
+  np.testing.assert_allclose(effect.edited[unit, RED], inside(labels), atol=1e-7)
+  assert effect.edited[unit, RED] == 0.0 and (labels[:, 16:] == RED).any()  # only inside
