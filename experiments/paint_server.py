@@ -16,14 +16,20 @@ interventions composited in order by `intervene.compose`, each inside an optiona
 and `features` (unit activations under a mask). Every request of a batch size runs one compiled
 function: interventions are padded to `max_interventions` and masks have the image's size.
 Bad requests get a 4xx answer whose `detail` names the bad value and what would be valid.
+
+`/docs` documents the API from its OpenAPI schema (`/openapi.json`), rendered here into one page
+that loads nothing from another host: FastAPI's own docs pages fetch Swagger UI and ReDoc from a
+CDN and stay blank offline, so they are turned off.
 """
 
 from __future__ import annotations
 
 import glob
+import html
 import json
 import mimetypes
 import os
+import re
 import threading
 from collections import Counter
 from typing import Annotated, Any, Literal
@@ -64,7 +70,7 @@ class _Strict(pydantic.BaseModel):
 class Intervention(_Strict):
   """Units of one layer set to `value` with weight `alpha` (x (1 - a) + v a) inside `mask`."""
 
-  layer: str
+  layer: str = pydantic.Field(description="A dissected layer (see /api/layers).")
   unit: int | None = pydantic.Field(None, description="One unit (or use `units`).")
   units: list[int] | None = pydantic.Field(None, description="Several units.")
   alpha: float | list[float] = pydantic.Field(1.0, description="In [0, 1]; one or per unit.")
@@ -77,23 +83,140 @@ class Intervention(_Strict):
 
 
 class Latents(_Strict):
-  """Images given by seed (z = the first row of the z sample of that seed) or by explicit z."""
+  """Images given by seed (z = the first row of the z sample of that seed) or by explicit z.
 
-  seeds: list[Seed] | None = None
-  zs: list[list[float]] | None = None
+  Give exactly one of `seeds` or `zs`, with 1 to `max_batch` (see /api/info) images.
+  """
+
+  seeds: list[Seed] | None = pydantic.Field(
+      None, description="One image per seed (give `seeds` or `zs`).")
+  zs: list[list[float]] | None = pydantic.Field(
+      None, description="One image per latent of `zdim` numbers (give `seeds` or `zs`).")
 
 
 class GenerateRequest(Latents):
-  interventions: list[Intervention] = []
+  """Images to generate and the strokes to apply to every one of them."""
+
+  interventions: list[Intervention] = pydantic.Field(
+      [], description="Composited in order, later on top; at most `max_interventions`.")
 
 
 class FeaturesRequest(Latents):
+  """Images whose unit activations to measure, and where."""
+
   mask: str | None = pydantic.Field(None, description="As in an intervention; none = all.")
   layers: list[str] | None = pydantic.Field(None, description="Default: every dissected layer.")
 
 
+# ----------------------------------------------------------------------------------- responses
+
 class GenerateResponse(pydantic.BaseModel):
   images: list[str] = pydantic.Field(description="PNG data URLs, one per seed or z.")
+
+
+class ErrorResponse(pydantic.BaseModel):
+  """A refused request."""
+
+  detail: str = pydantic.Field(description="The bad value and what would be valid.")
+
+
+class InfoResponse(pydantic.BaseModel):
+  model: str = pydantic.Field(description="The generator (a name of `jaxdissect.zoo`).")
+  segmenter: str = pydantic.Field(description="The segmenter the dissection labelled with.")
+  image_size: list[int] = pydantic.Field(description="[H, W] of images and masks.")
+  zdim: int = pydantic.Field(description="Numbers per latent z.")
+  max_interventions: int = pydantic.Field(description="Most interventions per request.")
+  max_batch: int = pydantic.Field(description="Most images per request.")
+  default_layer: str = pydantic.Field(description="The layer the page starts on.")
+  intensities: list[int] = pydantic.Field(description="Units per stroke: low, medium, high.")
+  insert_scale: float = pydantic.Field(
+      description="'Add' sets units to their threshold times this.")
+
+
+class LayerInfo(pydantic.BaseModel):
+  layer: str
+  shape: list[int] = pydantic.Field(description="[h, w, units] of the featuremap.")
+  interpretable: int = pydantic.Field(description="Units whose label passes the IoU cut.")
+  concept_counts: dict[str, int] = pydantic.Field(
+      description="Interpretable units per concept.")
+
+
+class LayersResponse(pydantic.BaseModel):
+  layers: list[LayerInfo]
+
+
+class UnitInfo(pydantic.BaseModel):
+  unit: int
+  label: str = pydantic.Field(description="The concept of highest IoU.")
+  category: str = pydantic.Field(description="The label's category (object, material, ...).")
+  iou: float = pydantic.Field(description="IoU of the unit with its label.")
+  threshold: float = pydantic.Field(description="Activation level of the dissection's cut.")
+  interpretable: bool = pydantic.Field(description="Whether the IoU passes the cut.")
+  strip: str | None = pydantic.Field(description="URL of its top-image strip, if any.")
+
+
+class UnitsResponse(pydantic.BaseModel):
+  layer: str
+  units: list[UnitInfo] = pydantic.Field(description="Every unit, by index.")
+
+
+class ConceptInfo(pydantic.BaseModel):
+  name: str
+  category: str
+  units: int = pydantic.Field(description="Units of the layer labelled with it.")
+  interpretable: int = pydantic.Field(description="Of those, units that pass the IoU cut.")
+  rankings: list[Literal["iou", "alpha"]] = pydantic.Field(
+      description="Rankings available: by IoU, and by learned alpha (units-<concept>.json).")
+
+
+class ConceptsResponse(pydantic.BaseModel):
+  layer: str
+  concepts: list[ConceptInfo] = pydantic.Field(description="Learned and most labelled first.")
+
+
+class Ranking(pydantic.BaseModel):
+  name: str = pydantic.Field(description="'<concept>-<metric>'.")
+  concept: str
+  metric: Literal["iou", "alpha"]
+  units: list[int] = pydantic.Field(description="Every unit, best first.")
+  scores: list[float] = pydantic.Field(description="The metric of each of `units`.")
+
+
+class RankingsResponse(pydantic.BaseModel):
+  layer: str
+  rankings: list[Ranking]
+
+
+class LevelsResponse(pydantic.BaseModel):
+  layer: str
+  quantile: float | None = pydantic.Field(
+      description="The activation quantile of the levels; null for IQR thresholds.")
+  levels: list[float] = pydantic.Field(description="Each unit's dissection threshold.")
+
+
+class LayerFeatures(pydantic.BaseModel):
+  mean: list[list[float]] = pydantic.Field(
+      description="[images][units]: mean activation, weighted by the mask mean-pooled to the "
+      "layer's grid.")
+  max: list[list[float]] = pydantic.Field(
+      description="[images][units]: max activation where the max-pooled mask is set.")
+
+
+class FeaturesResponse(pydantic.BaseModel):
+  layers: dict[str, LayerFeatures] = pydantic.Field(description="Per requested layer.")
+
+
+LayerQuery = Annotated[str, fastapi.Query(description="A dissected layer (see /api/layers).")]
+ConceptQuery = Annotated[str | None, fastapi.Query(
+    description="A concept (see /api/concepts); none = every concept.")]
+TABLE_ERRORS = {400: {"model": ErrorResponse, "description": "An unknown layer or concept."},
+                422: {"model": ErrorResponse, "description": "A missing or mistyped parameter."}}
+COMPUTE_ERRORS = {
+    400: {"model": ErrorResponse,
+          "description": "A bad value: layer, unit, alpha, mask, latent or image count."},
+    413: {"model": ErrorResponse, "description": "The body exceeds the server's size limit."},
+    422: {"model": ErrorResponse,
+          "description": "Malformed JSON, a mistyped value or an unknown field."}}
 
 
 def _bad(message: str) -> fastapi.HTTPException:
@@ -367,7 +490,8 @@ def create_app(dissection_dir: str, model_name: str = "sceneworld", *,
   static = {name: os.path.join(static_dir, name) for name in sorted(os.listdir(static_dir))
             if os.path.isfile(os.path.join(static_dir, name))}
   api = fastapi.FastAPI(title="jaxdissect paint",
-                        description="Paint with the units of a dissected GAN (GANPaint-style).")
+                        description="Paint with the units of a dissected GAN (GANPaint-style).",
+                        docs_url=None, redoc_url=None)
   api.state.paint = model
   api.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
@@ -378,6 +502,7 @@ def create_app(dissection_dir: str, model_name: str = "sceneworld", *,
   _static_routes(api, static)
   _table_routes(api, model)
   _compute_routes(api, model)
+  _docs_route(api)
   return api
 
 
@@ -403,7 +528,7 @@ def _static_routes(api: fastapi.FastAPI, static: dict[str, str]) -> None:
 def _table_routes(api: fastapi.FastAPI, model: PaintModel) -> None:
   """Read-only views of the dissection: info, layers, units, concepts, rankings, levels."""
 
-  @api.get("/api/info")
+  @api.get("/api/info", summary="Model, image size and limits", response_model=InfoResponse)
   def info() -> dict:
     """The model, image size, request limits and the page's defaults."""
     return {"model": model.model_name, "segmenter": model.doc["segmenter"],
@@ -412,7 +537,7 @@ def _table_routes(api: fastapi.FastAPI, model: PaintModel) -> None:
             "default_layer": model.default_layer(), "intensities": list(INTENSITIES),
             "insert_scale": INSERT_SCALE}
 
-  @api.get("/api/layers")
+  @api.get("/api/layers", summary="Dissected layers", response_model=LayersResponse)
   def layers() -> dict:
     """The dissected layers: shape [h, w, units] and interpretable units per concept."""
     return {"layers": [{"layer": name, "shape": rec["shape"],
@@ -420,8 +545,9 @@ def _table_routes(api: fastapi.FastAPI, model: PaintModel) -> None:
                         "concept_counts": rec.get("concept_counts", {})}
                        for name, rec in model.layers.items()]}
 
-  @api.get("/api/units")
-  def units(layer: str) -> dict:
+  @api.get("/api/units", summary="Units of a layer", response_model=UnitsResponse,
+           responses=TABLE_ERRORS)
+  def units(layer: LayerQuery) -> dict:
     """Every unit of `layer`: label, category, IoU, threshold and its top-image strip URL."""
     rec = model.layer(layer)
     rows = [{"unit": u["unit"], "label": u["label"], "category": u["category"],
@@ -431,21 +557,24 @@ def _table_routes(api: fastapi.FastAPI, model: PaintModel) -> None:
             for u in rec["units"]]
     return {"layer": layer, "units": rows}
 
-  @api.get("/api/concepts")
-  def concepts(layer: str) -> dict:
+  @api.get("/api/concepts", summary="Concepts of a layer", response_model=ConceptsResponse,
+           responses=TABLE_ERRORS)
+  def concepts(layer: LayerQuery) -> dict:
     """Concepts that label units of `layer`, with the rankings available for each."""
     model.layer(layer)
     return {"layer": layer, "concepts": model.layer_concepts(layer)}
 
-  @api.get("/api/rankings")
-  def rankings(layer: str, concept: str | None = None) -> dict:
+  @api.get("/api/rankings", summary="Units ranked for a concept",
+           response_model=RankingsResponse, responses=TABLE_ERRORS)
+  def rankings(layer: LayerQuery, concept: ConceptQuery = None) -> dict:
     """Units of `layer` ranked for `concept` (default: every concept), best first."""
     model.layer(layer)
     names = [concept] if concept is not None else model.concepts[1:]
     return {"layer": layer, "rankings": [r for c in names for r in model.rankings(layer, c)]}
 
-  @api.get("/api/levels")
-  def levels(layer: str) -> dict:
+  @api.get("/api/levels", summary="Unit activation levels", response_model=LevelsResponse,
+           responses=TABLE_ERRORS)
+  def levels(layer: LayerQuery) -> dict:
     """Each unit's dissection threshold: its (1 - q) activation quantile (q = the dissection's
     --threshold; `quantile` is null for IQR thresholds)."""
     rec = model.layer(layer)
@@ -471,14 +600,16 @@ def _table_routes(api: fastapi.FastAPI, model: PaintModel) -> None:
 def _compute_routes(api: fastapi.FastAPI, model: PaintModel) -> None:
   """`generate` and `features`: the requests that run the generator."""
 
-  @api.post("/api/generate", response_model=GenerateResponse)
+  @api.post("/api/generate", summary="Generate images with edits",
+            response_model=GenerateResponse, responses=COMPUTE_ERRORS)
   def generate(req: GenerateRequest) -> dict:
     """Images of `seeds` or `zs` with `interventions` composited in order (later on top)."""
     z = model.latents(req)
     images = model.render(z, model.strokes(req.interventions))
     return {"images": [paint.png_data_url(im) for im in images]}
 
-  @api.post("/api/features")
+  @api.post("/api/features", summary="Unit activations under a mask",
+            response_model=FeaturesResponse, responses=COMPUTE_ERRORS)
   def features(req: FeaturesRequest) -> dict:
     """Per layer and image, each unit's mean activation under the mask (mean-pooled to the
     grid) and its max (mask max-pooled)."""
@@ -492,6 +623,268 @@ def _compute_routes(api: fastapi.FastAPI, model: PaintModel) -> None:
     out = model.features(model.latents(req), mask)
     return {"layers": {n: {"mean": out[n][0].tolist(), "max": out[n][1].tolist()}
                        for n in names}}
+
+
+# ------------------------------------------------------------------------------------- API docs
+
+_DOCS_CSS = """
+body { font-family: system-ui, sans-serif; margin: 1em auto; max-width: 62em; padding: 0 1em;
+       color: #222; line-height: 1.4; }
+code, pre { font-family: ui-monospace, monospace; font-size: 0.92em; }
+nav li, section ul { list-style: none; }
+nav ul, section ul { padding-left: 1.2em; }
+section { border-top: 1px solid #ccc; padding: 0.6em 0; }
+h2 { font-size: 1.15em; margin: 0.3em 0; }
+h3 { font-size: 1em; margin: 0.8em 0 0.2em; }
+.method { display: inline-block; min-width: 3.5em; padding: 0 0.3em; border-radius: 3px;
+          color: #fff; font-weight: bold; font-size: 0.85em; text-align: center; }
+.get { background: #2a7d2e; } .post { background: #1f5fa8; }
+.put, .patch { background: #a86c1f; } .delete { background: #a8321f; }
+.type { color: #6a3d9a; } .req { color: #b00020; font-size: 0.85em; }
+.facts { color: #555; font-size: 0.9em; }
+form.try { background: #f4f4f4; padding: 0.5em; border-radius: 4px; }
+form.try label { margin-right: 1em; }
+pre.out { max-height: 24em; overflow: auto; background: #fafafa; margin: 0.4em 0 0; }
+pre.out:empty { display: none; }
+"""
+
+# Sends a "try it" form as a GET of its path (path parameters filled in, empty fields left out)
+# and shows the status and the indented JSON below the form.
+_DOCS_JS = """
+for (const form of document.querySelectorAll('form.try')) {
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const out = form.querySelector('pre.out');
+    const query = new URLSearchParams();
+    let path = form.getAttribute('action');
+    for (const input of form.querySelectorAll('input[name]')) {
+      if (input.dataset.in === 'path') {
+        path = path.replace('{' + input.name + '}', encodeURIComponent(input.value));
+      } else if (input.value !== '') {
+        query.append(input.name, input.value);
+      }
+    }
+    const url = path + (query.toString() ? '?' + query : '');
+    out.textContent = 'GET ' + url + ' ...';
+    try {
+      const response = await fetch(url);
+      let text = await response.text();
+      try { text = JSON.stringify(JSON.parse(text), null, 1); } catch (e) {}
+      out.textContent = 'GET ' + url + ': ' + response.status + '\\n' + text;
+    } catch (error) {
+      out.textContent = 'GET ' + url + ': ' + error;
+    }
+  });
+}
+"""
+
+_BOUNDS = (("minimum", "≥"), ("exclusiveMinimum", ">"), ("maximum", "≤"),
+           ("exclusiveMaximum", "<"), ("minItems", "items ≥"), ("maxItems", "items ≤"),
+           ("minLength", "length ≥"), ("maxLength", "length ≤"), ("pattern", "matches"))
+
+
+def render_docs(openapi: dict) -> str:
+  """The API docs page of an OpenAPI schema: one HTML file that loads nothing from elsewhere.
+
+  Every operation shows its summary, description, parameters, request body and responses, with
+  `$ref`s resolved into `components.schemas`; GET operations get a small "try it" form.
+  """
+  schemas = openapi.get("components", {}).get("schemas", {})
+  info = openapi.get("info", {})
+  title = html.escape(info.get("title", "API"))
+  ops = [(path, method, op) for path, item in openapi.get("paths", {}).items()
+         for method, op in item.items() if isinstance(op, dict) and "responses" in op]
+  toc = "".join(f'<li><a href="#{_anchor(m, p)}">{_method(m)} <code>{html.escape(p)}</code></a> '
+                f'{html.escape(op.get("summary", ""))}</li>' for p, m, op in ops)
+  body = "".join(_operation_html(p, m, op, schemas) for p, m, op in ops)
+  return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+          f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+          f'<title>{title} API</title><link rel="icon" href="data:,">'
+          f'<style>{_DOCS_CSS}</style></head>\n<body><header><h1>{title} API '
+          f'<small>{html.escape(str(info.get("version", "")))}</small></h1>'
+          f'{_prose(info.get("description", ""))}<p><a href="/">The paint page</a> · '
+          f'<a href="/openapi.json">openapi.json</a></p></header>\n'
+          f'<nav><ul>{toc}</ul></nav>\n<main>{body}</main>\n'
+          f'<script>{_DOCS_JS}</script></body></html>\n')
+
+
+def _operation_html(path: str, method: str, op: dict, schemas: dict) -> str:
+  """One operation's section."""
+  parts = [f'<section id="{_anchor(method, path)}"><h2>{_method(method)} '
+           f'<code>{html.escape(path)}</code> {html.escape(op.get("summary", ""))}</h2>',
+           _prose(op.get("description", ""))]
+  params = op.get("parameters", [])
+  if params:
+    rows = "".join(_field_html(p["name"], p.get("schema", {}), p.get("required", False),
+                               schemas, (), where=p.get("in", ""),
+                               description=p.get("description")) for p in params)
+    parts.append(f"<h3>Parameters</h3><ul>{rows}</ul>")
+  body = op.get("requestBody", {}).get("content", {}).get("application/json")
+  if body is not None:
+    parts.append("<h3>JSON body</h3>" + _payload_html(body.get("schema", {}), schemas))
+  parts.append("<h3>Responses</h3><ul>")
+  for status, response in op.get("responses", {}).items():
+    content = response.get("content", {}).get("application/json")
+    payload = _payload_html(content.get("schema", {}), schemas) if content else ""
+    parts.append(f"<li><code>{html.escape(status)}</code> "
+                 f"{html.escape(response.get('description', ''))}{payload}</li>")
+  parts.append("</ul>")
+  if method == "get":
+    parts.append(_try_html(path, params))
+  return "".join(parts) + "</section>\n"
+
+
+def _payload_html(node: dict, schemas: dict) -> str:
+  """A body's type, its description and its fields."""
+  name, resolved = _resolve(node, schemas)
+  nested = _nested(node, schemas)
+  out = f' <span class="type">{html.escape(_type_label(node))}</span>'
+  if name and resolved.get("description"):
+    out += " — " + _inline(resolved["description"])
+  if nested is not None:
+    out += _fields_html(nested[1], schemas, (nested[0],))
+  return out
+
+
+def _fields_html(obj: dict, schemas: dict, seen: tuple[str, ...]) -> str:
+  """The fields of an object schema as a nested list (models already open are not reopened)."""
+  required = set(obj.get("required", []))
+  rows = "".join(_field_html(name, node, name in required, schemas, seen)
+                 for name, node in obj.get("properties", {}).items())
+  if obj.get("additionalProperties") is False:
+    rows += '<li class="facts">Other fields are refused.</li>'
+  return f"<ul>{rows}</ul>"
+
+
+def _field_html(name: str, node: dict, required: bool, schemas: dict, seen: tuple[str, ...],
+                where: str = "", description: str | None = None) -> str:
+  """One field or parameter: name, type, required, facts, description and nested fields."""
+  nested = _nested(node, schemas)
+  if description is None:
+    description = node.get("description") or (nested[1].get("description", "") if nested else "")
+  facts = _facts(node, schemas)
+  if "default" in node:
+    facts.insert(0, f"default {_json(node['default'])}")
+  out = f"<li><code><b>{html.escape(name)}</b></code>"
+  if where:
+    out += f" ({html.escape(where)})"
+  out += f' <span class="type">{html.escape(_type_label(node))}</span>'
+  if required:
+    out += ' <span class="req">required</span>'
+  if facts:
+    out += f' <span class="facts">{"; ".join(facts)}</span>'
+  if description:
+    out += " — " + _inline(description)
+  if nested is not None and nested[0] not in seen:
+    out += _fields_html(nested[1], schemas, seen + (nested[0],))
+  return out + "</li>"
+
+
+def _try_html(path: str, params: list[dict]) -> str:
+  """A form that GETs `path` with its query and path parameters and shows the answer."""
+  inputs = "".join(
+      f'<label><code>{html.escape(p["name"])}</code> <input name="{html.escape(p["name"])}" '
+      f'data-in="{html.escape(p.get("in", "query"))}"{" required" if p.get("required") else ""}'
+      f'></label>' for p in params if p.get("in") in ("query", "path"))
+  return (f'<h3>Try it</h3><form class="try" method="get" action="{html.escape(path)}">'
+          f'{inputs}<button type="submit">GET</button><pre class="out"></pre></form>')
+
+
+def _resolve(node: dict, schemas: dict) -> tuple[str | None, dict]:
+  """(model name, schema) of a `$ref` into `components.schemas`; (None, node) otherwise."""
+  ref = node.get("$ref")
+  if ref is None:
+    return None, node
+  name = ref.rsplit("/", 1)[-1]
+  return name, schemas.get(name, {})
+
+
+def _children(node: dict) -> list[dict]:
+  """The schemas inside `node`: union members, array items, dictionary values."""
+  kids = [*node.get("anyOf", []), *node.get("oneOf", []), *node.get("allOf", [])]
+  kids += [node[k] for k in ("items", "additionalProperties") if isinstance(node.get(k), dict)]
+  return kids
+
+
+def _nested(node: dict, schemas: dict) -> tuple[str, dict] | None:
+  """(name, schema) of the first object schema with fields in `node` (itself, its items, ...)."""
+  name, resolved = _resolve(node, schemas)
+  if "properties" in resolved:
+    return name or resolved.get("title", ""), resolved
+  if name is not None:
+    return None  # a named model without fields (an alias): not opened, so no cycle
+  for child in _children(node):
+    found = _nested(child, schemas)
+    if found is not None:
+      return found
+  return None
+
+
+def _type_label(node: dict) -> str:
+  """A short type: 'integer', 'array of Intervention', 'number | array of number', ..."""
+  if "$ref" in node:
+    return node["$ref"].rsplit("/", 1)[-1]
+  union = node.get("anyOf") or node.get("oneOf") or node.get("allOf")
+  if union:
+    return " | ".join(_type_label(member) for member in union)
+  kind = node.get("type", "any")
+  if kind == "array":
+    return f"array of {_type_label(node.get('items', {}))}"
+  if kind == "object" and isinstance(node.get("additionalProperties"), dict):
+    return f"object of string → {_type_label(node['additionalProperties'])}"
+  return kind
+
+
+def _facts(node: dict, schemas: dict, prefix: str = "") -> list[str]:
+  """Enums and bounds of `node` and of the schemas inside it ('each' for items)."""
+  _, resolved = _resolve(node, schemas)
+  if "properties" in resolved:
+    return []
+  facts = []
+  if "enum" in resolved:
+    facts.append(prefix + "one of " + ", ".join(_json(v) for v in resolved["enum"]))
+  if "const" in resolved:
+    facts.append(prefix + "always " + _json(resolved["const"]))
+  facts += [f"{html.escape(prefix + symbol)} {_json(resolved[key])}" for key, symbol in _BOUNDS
+            if key in resolved]
+  for child in _children(resolved):
+    each = "each " if child is resolved.get("items") else ""
+    facts += _facts(child, schemas, prefix + each)
+  return facts
+
+
+def _json(value: Any) -> str:
+  """A value as escaped inline code (4294967296.0 -> 4294967296)."""
+  if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+    value = int(value)
+  return f"<code>{html.escape(json.dumps(value))}</code>"
+
+
+def _inline(text: str) -> str:
+  """Escaped text with `backticks` as code."""
+  return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
+def _prose(text: str) -> str:
+  """Paragraphs of escaped text (blank lines separate them)."""
+  return "".join(f"<p>{_inline(p)}</p>" for p in re.split(r"\n\s*\n", text.strip()) if p)
+
+
+def _method(method: str) -> str:
+  return f'<span class="method {html.escape(method)}">{html.escape(method.upper())}</span>'
+
+
+def _anchor(method: str, path: str) -> str:
+  return "op-" + method + re.sub(r"[^A-Za-z0-9]+", "-", path).rstrip("-")
+
+
+def _docs_route(api: fastapi.FastAPI) -> None:
+  """`/docs`: the API docs rendered here from `api.openapi()` (FastAPI's load from a CDN)."""
+
+  @api.get("/docs", include_in_schema=False, response_class=responses.HTMLResponse)
+  def docs() -> responses.HTMLResponse:
+    return responses.HTMLResponse(render_docs(api.openapi()),
+                                  headers={"Cache-Control": "no-cache"})
 
 
 # ------------------------------------------------------------------------------------------ main

@@ -10,9 +10,13 @@ intervention, masks max- or mean-pooled, `a = 1 - (1 - a_new)(1 - a_acc)`,
 
 import asyncio
 import base64
+import html
+import html.parser
 import io
 import json
 import os
+import re
+import urllib.parse
 import warnings
 
 import jax
@@ -478,3 +482,146 @@ def test_create_app_rejects_a_wrong_model_or_folder(folder, tmp_path):
     paint_server.create_app(str(tmp_path), "sceneworld", warm_up=False)
   with pytest.raises(ValueError, match="valid models"):
     paint_server.create_app(str(folder), "nope", warm_up=False)
+
+
+# ------------------------------------------------------------------------------------ API docs
+
+URL_ATTRS = {"src", "href", "action", "formaction", "srcset", "poster", "data", "background",
+             "cite", "xlink:href", "manifest"}
+CSS_URL = r"(?:url\(|@import)\s*['\"]?((?:[a-z]+:)?//[^'\")\s]+)"  # url(//host/..), @import
+
+
+class _Collector(html.parser.HTMLParser):
+  """Tags with their attributes, and the text inside <script> and <style>."""
+
+  def __init__(self):
+    super().__init__()
+    self.tags, self.code, self._in = [], [], None
+
+  def handle_starttag(self, tag, attrs):
+    self.tags.append((tag, dict(attrs)))
+    self._in = tag if tag in ("script", "style") else None
+
+  def handle_endtag(self, tag):
+    self._in = None
+
+  def handle_data(self, data):
+    if self._in:
+      self.code.append((self._in, data))
+
+
+def _external_urls(page):
+  """(where, url) for everything in `page` that points at another host."""
+  parser = _Collector()
+  parser.feed(page)
+  found = []
+  for tag, attrs in parser.tags:
+    for name, value in attrs.items():
+      if name in URL_ATTRS and value:
+        for url in value.split(",") if name == "srcset" else [value]:
+          parts = urllib.parse.urlsplit(url.strip().split(" ")[0])
+          if parts.netloc or parts.scheme in ("http", "https", "ftp", "ws", "wss"):
+            found.append((f"<{tag} {name}>", url))
+  for where, code in parser.code:
+    found += [(f"<{where}>", u) for u in re.findall(CSS_URL, code)]
+  found += [("text", u) for u in re.findall(r"(?:https?|wss?|ftp)://[^\s\"'<>)]+", page)]
+  return found
+
+
+def _sections(page):
+  """Operation anchor -> the HTML of its section."""
+  return dict(re.findall(r'<section id="(op-[^"]+)">(.*?)</section>', page, re.S))
+
+
+def _text(fragment):
+  """The words of an HTML fragment (inline tags dropped, others a space)."""
+  inline = re.sub(r"</?(?:code|b|span)\b[^>]*>", "", fragment)
+  return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", inline)).split())
+
+
+def test_docs_page_loads_nothing_from_another_host(client):
+  response = client.get("/docs")
+  assert response.status_code == 200 and "text/html" in response.headers["content-type"]
+  assert _external_urls(response.text) == []
+  tags = _Collector()
+  tags.feed(response.text)
+  assert all("src" not in attrs for tag, attrs in tags.tags if tag == "script")
+  assert not [attrs for tag, attrs in tags.tags if tag == "link" and attrs.get("rel") != "icon"]
+
+
+def test_external_url_check_flags_fastapi_cdn_docs():
+  from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+  for page in (get_swagger_ui_html(openapi_url="/openapi.json", title="x"),
+               get_redoc_html(openapi_url="/openapi.json", title="x")):
+    found = _external_urls(page.body.decode())
+    assert any(where.startswith(("<script", "<link")) for where, _ in found), found
+  assert _external_urls('<img srcset="a.png 1x, //cdn.example/b.png 2x">')
+  assert _external_urls("<style>body { background: url('//cdn.example/a.png') }</style>")
+
+
+def test_docs_page_documents_every_operation(client, api):
+  page = client.get("/docs").text
+  openapi = api.openapi()
+  sections = _sections(page)
+  ops = [(p, m, op) for p, item in openapi["paths"].items() for m, op in item.items()]
+  assert len(sections) == len(ops) == 8
+  for path, method, op in ops:
+    section = next(v for k, v in sections.items() if k == "op-" + method
+                   + re.sub(r"[^A-Za-z0-9]+", "-", path).rstrip("-"))
+    text = _text(section)
+    assert f"{method.upper()} {path} {op['summary']}" in text
+    assert op["description"].split()[0] in text
+    for param in op.get("parameters", []):
+      assert f"{param['name']} (query) string" in text and param["description"] in text
+    for status, response in op["responses"].items():
+      assert f"{status} {response['description']}" in text
+    forms = re.findall(r'<form class="try" method="get" action="([^"]+)"', section)
+    assert forms == ([path] if method == "get" else [])
+  for name, schema in openapi["components"]["schemas"].items():
+    assert name in page
+    for field in schema.get("properties", {}):
+      assert f"<b>{field}</b>" in page, (name, field)
+
+
+def test_docs_page_resolves_refs_with_types_defaults_and_enums(client):
+  sections = _sections(client.get("/docs").text)
+  generate = _text(sections["op-post-api-generate"])
+  assert "JSON body GenerateRequest" in generate
+  assert "seeds array of integer | null each ≥ 0; each < 4294967296" in generate
+  assert "interventions array of Intervention default [] — Composited in order" in generate
+  assert "layer string required — A dissected layer" in generate  # Intervention, from its $ref
+  assert 'pooling string default "max"; one of "max", "mean"' in generate
+  assert "alpha number | array of number default 1 — In [0, 1]" in generate
+  assert "422 Malformed JSON" in generate and "detail string required" in generate
+  features = _text(sections["op-post-api-features"])
+  assert "layers object of string → LayerFeatures required" in features
+  assert "mean array of array of number required" in features
+  rankings = _text(sections["op-get-api-rankings"])
+  assert "layer (query) string required" in rankings
+  assert "concept (query) string | null — A concept" in rankings
+  assert 'metric string required one of "iou", "alpha"' in rankings
+
+
+def test_render_docs_escapes_text_and_stops_at_recursive_models():
+  openapi = {
+      "info": {"title": "<t>", "description": "<script>alert(1)</script> `x`"},
+      "paths": {"/tree": {"post": {
+          "summary": "a & b", "responses": {"200": {"description": "ok"}},
+          "requestBody": {"content": {"application/json": {
+              "schema": {"$ref": "#/components/schemas/Node"}}}}}}},
+      "components": {"schemas": {"Node": {
+          "type": "object", "required": ["kids"], "properties": {
+              "kids": {"type": "array", "items": {"$ref": "#/components/schemas/Node"}}}}}}}
+  page = paint_server.render_docs(openapi)
+  assert "<script>alert" not in page and "&lt;script&gt;alert(1)" in page
+  assert "<code>x</code>" in page and "a &amp; b" in page and "<title>&lt;t&gt; API" in page
+  assert page.count("<b>kids</b>") == 1  # Node's fields once, not again inside itself
+  assert "kids array of Node required" in _text(page)
+
+
+def test_openapi_json_is_served_and_cdn_docs_are_off(client, api):
+  response = client.get("/openapi.json")
+  assert response.status_code == 200 and response.json() == api.openapi()
+  assert response.json()["paths"]["/api/generate"]["post"]["summary"]
+  for path in ("/redoc", "/docs/oauth2-redirect"):
+    assert client.get(path).status_code == 404
