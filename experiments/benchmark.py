@@ -19,6 +19,10 @@ Command for the single-unit ablation sweep, vmapped against a loop over units (a
 
   (`--sweep_n`, `--sweep_batch` and `--sweep_chunks 16,128` change the workload.)
 
+Command for bfloat16 against float32 on the scene world (`--light_n` images; a few minutes):
+
+  python -m experiments.benchmark --what=bf16 --out benchmark_bf16.json
+
 Command for dissection against a bare generator+segmenter pass (`--parts` picks a subset):
 
   python -m experiments.benchmark --what=dissect --out benchmark_dissect.json
@@ -61,7 +65,7 @@ from jaxdissect.stats import iou, quantile
 from jaxdissect.zsample import z_batches
 from ports import proggan
 
-_WHAT = flags.DEFINE_enum("what", "stats", ["stats", "dissect", "sweep"],
+_WHAT = flags.DEFINE_enum("what", "stats", ["stats", "dissect", "sweep", "bf16"],
                           "stats: statistics core vs generator; dissect: one-pass dissection vs "
                           "a bare generator+segmenter pass.")
 _OUT = flags.DEFINE_string("out", None, "Where to write the JSON results (default "
@@ -546,6 +550,35 @@ def bench_sweep(repeats: int, n: int, chunks: list[int], batch_size: int) -> dic
                     "runs": times, "speedup": speedup, "max_abs_delta_difference": diff}}
 
 
+def bench_bf16(n: int, batch_size: int) -> dict:
+  """The scene world dissected (all layers, q=0.01) with generator and segmenter in float32 and
+  in bfloat16 (statistics in float32 either way): IoU differences of the units interpretable
+  (IoU > 0.04) in float32, label agreement, and the wall time of each (compile included)."""
+  from jaxdissect import precision  # pylint: disable=g-import-not-at-top
+  world = zoo.load_world("sceneworld")
+  config = dissect.Config(world.generator.layers, n, world.zdim, batch_size=batch_size)
+  results, seconds = {}, {}
+  for dtype in ("float32", "bfloat16"):
+    start = time.perf_counter()
+    results[dtype] = dissect.dissect(precision.generator_in(world.generator, dtype),
+                                     precision.segmenter_in(world.segmenter, dtype), config)
+    seconds[dtype] = time.perf_counter() - start
+  layers, worst, agree, total = {}, 0.0, 0, 0
+  for layer, ref in results["float32"].items():
+    low = results["bfloat16"][layer]
+    keep = np.asarray(ref.best_iou) > 0.04
+    delta = np.abs(np.asarray(low.iou) - np.asarray(ref.iou))[keep]
+    layers[layer] = {"interpretable": int(keep.sum()),
+                     "max_abs_delta_iou": float(delta.max()) if delta.size else 0.0,
+                     "same_label": int(np.sum(np.asarray(low.label)[keep]
+                                              == np.asarray(ref.label)[keep]))}
+    worst = max(worst, layers[layer]["max_abs_delta_iou"])
+    agree += layers[layer]["same_label"]
+    total += layers[layer]["interpretable"]
+  return {"bf16": {"n": n, "batch_size": batch_size, "seconds": seconds, "layers": layers,
+                   "max_abs_delta_iou": worst, "same_label": agree, "interpretable": total}}
+
+
 def main(argv):
   del argv
   repeats = _REPEATS.value
@@ -561,6 +594,15 @@ def main(argv):
     logging.info("single-unit ablation sweep, scene GAN layer4 (128 units), %d images: %s s; "
                  "speedup over the loop %s; max |delta difference| %s", sweep["n"],
                  sweep["seconds"], sweep["speedup"], sweep["max_abs_delta_difference"])
+    return
+  if _WHAT.value == "bf16":
+    result.update(bench_bf16(_LIGHT_N.value, _LIGHT_BATCH.value))
+    with open(_OUT.value or "benchmark_bf16.json", "w") as f:
+      json.dump(result, f, indent=2)
+    r = result["bf16"]
+    logging.info("bfloat16 vs float32 on the scene world, %d images: max |delta IoU| %.4f over "
+                 "%d interpretable units, %d keep their label; %s", r["n"], r["max_abs_delta_iou"],
+                 r["interpretable"], r["same_label"], r["seconds"])
     return
   if _WHAT.value == "dissect":
     result["cpus"] = os.cpu_count()
