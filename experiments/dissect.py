@@ -21,6 +21,15 @@ its images instead of starting over. `--fresh` discards a checkpoint.
 
 Other worlds: `--model planted` dissects the planted-truth world (its colour units must come out
 with IoU 1). Bad flags exit with a one-line error naming the value and the valid choices.
+
+Devices and hosts: every batch is split over all local devices (`--devices N`: the first N;
+`--batch_size` must be a multiple of the device count). Several processes (hosts) join one run
+with `--coordinator_address HOST:PORT --num_processes P --process_id I` on each (or
+`--distributed` on TPU pods and SLURM, where jax finds them); each generates only its share of
+every batch, and only process 0 writes files. A process that dies makes the others exit with an
+error after `--heartbeat_timeout` seconds; the same commands then resume from the checkpoint.
+`--forward_chunk M` (M dividing each device's share) makes runs on any device count
+bit-identical.
 """
 
 from __future__ import annotations
@@ -37,11 +46,15 @@ import numpy as np
 from experiments import cli
 from experiments.cli import UsageError
 from experiments.progress import progress
-from jaxdissect import checkpoint, dissect, examples, zoo
+from jaxdissect import checkpoint, dissect, examples, precision, sharding, zoo
 from jaxdissect.report import document, html, strips
 
 _MODEL = flags.DEFINE_string("model", "sceneworld", f"Generator: one of {list(zoo.GENERATORS)}.")
-_SEGMENTER = flags.DEFINE_string("segmenter", None, "Segmenter (default: the model's usual one, zoo.default_segmenter).")
+_SEGMENTER = flags.DEFINE_string("segmenter", None, "Segmenter (default: the model's usual one, "
+                                 "zoo.default_segmenter).")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", list(precision.DTYPES),
+                           "Precision of the generator and segmenter (bfloat16 for GPUs and "
+                           "TPUs); the statistics are float32 either way.")
 _LAYERS = flags.DEFINE_list("layers", None, "Layers to dissect (default: all but the output).")
 _N = flags.DEFINE_integer("n", 1000, "Number of images.")
 _BATCH = flags.DEFINE_integer("batch_size", 100, "Images per batch.")
@@ -63,10 +76,22 @@ _EVERY = flags.DEFINE_integer("checkpoint_every", 5, "Batches between checkpoint
 _FRESH = flags.DEFINE_bool("fresh", False, "Ignore and replace an existing checkpoint.")
 _TILE = flags.DEFINE_integer("tile", 128, "Pixel size of each image in the unit strips.")
 _IMAGES = flags.DEFINE_bool("images", True, "Write unit strips (regenerates the top images).")
+_DEVICES = flags.DEFINE_integer("devices", None, "Local devices to split batches over (default: "
+                                "all); the first N of each process.")
+_FORWARD_CHUNK = flags.DEFINE_integer("forward_chunk", 0, "Images per generator/segmenter call "
+                                      "on a device (0: its whole share of a batch).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 in a "
+                                   "multi-process run (with --num_processes, --process_id).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id, 0..num_processes-1.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Join a multi-process run that jax "
+                                 "detects (TPU pods, SLURM, JAX_COORDINATOR_ADDRESS).")
+_HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout", 100, "Seconds after which the processes "
+                                  "of a multi-process run give up on one that stopped answering.")
 
 # Flags whose values change the running state; a checkpoint is reused only if they match.
 _STATE_FLAGS = ("model", "segmenter", "layers", "batch_size", "seed", "threshold", "topk",
-                "bins", "warmup", "iou_tolerance", "max_passes")
+                "bins", "warmup", "iou_tolerance", "max_passes", "forward_chunk", "dtype")
 
 
 def _threshold(text: str) -> float | str:
@@ -86,6 +111,8 @@ def _check_outdir(outdir: str) -> str:
   if not outdir or not outdir.strip():
     raise UsageError("--outdir is empty; give a folder to write the dissection to")
   outdir = os.path.abspath(outdir)
+  if not sharding.is_primary():
+    return outdir  # only process 0 writes
   if os.path.exists(outdir) and not os.path.isdir(outdir):
     raise UsageError(f"--outdir={outdir} exists and is not a folder")
   try:
@@ -103,7 +130,8 @@ def _settings(model: str, segmenter: str, layers: list[str]) -> dict:
           "batch_size": _BATCH.value, "seed": _SEED.value, "threshold": _THRESHOLD.value,
           "iou_threshold": _IOU_THRESHOLD.value, "topk": _TOPK.value, "bins": _BINS.value,
           "warmup": _WARMUP.value, "iou_tolerance": _TOLERANCE.value,
-          "max_passes": _MAX_PASSES.value, "tile": _TILE.value}
+          "max_passes": _MAX_PASSES.value, "tile": _TILE.value,
+          "forward_chunk": _FORWARD_CHUNK.value, "dtype": _DTYPE.value}
 
 
 def _resume(root: str, run: dissect.Run, settings: dict) -> dissect.State | None:
@@ -141,24 +169,59 @@ def _resume(root: str, run: dissect.Run, settings: dict) -> dissect.State | None
   return state
 
 
+def _resume_everywhere(root: str, run: dissect.Run, settings: dict) -> dissect.State | None:
+  """`_resume` on process 0, its outcome sent to every process (only process 0 reads files)."""
+  if jax.process_count() == 1:
+    return _resume(root, run, settings)
+  like = dissect.template_state(run)
+  tree, status, error = checkpoint.to_numpy(dissect.state_to_tree(like)), 0, None
+  if sharding.is_primary():
+    try:
+      state = _resume(root, run, settings)
+    except (UsageError, checkpoint.CheckpointError) as e:
+      status, error = 2, e
+    else:
+      if state is not None:
+        status, tree = 1, checkpoint.to_numpy(dissect.state_to_tree(state))
+  status = int(sharding.broadcast_from_primary(np.int32(status)))
+  if status == 2:
+    if error is not None:
+      raise error
+    raise UsageError("process 0 cannot resume from its checkpoint (its log says why)")
+  if status == 0:
+    return None
+  return dissect.state_from_tree(sharding.broadcast_from_primary(tree), like)
+
+
 def _run_passes(run: dissect.Run, state: dissect.State | None, root: str,
                 meta: dict) -> dict[str, dissect.LayerResult]:
-  """Tallies (resuming `state`), checkpointing as it goes; returns the per-layer results."""
+  """Tallies (resuming `state`), checkpointing as it goes; returns the per-layer results.
+
+  States are per device while tallying; a checkpoint merges them (every process takes part) and
+  process 0 saves the merged state.
+  """
   config = run.config
-  save = lambda s: checkpoint.save_latest(root, dissect.state_to_tree(s), meta)
+
+  def save(s):
+    merged = dissect.gather_state(run, s)
+    if sharding.is_primary():
+      checkpoint.save_latest(root, dissect.state_to_tree(merged), meta)
+
   if state is None:
     logging.info("warmup: %d images predict each unit's threshold bracket",
                  min(config.n, config.warmup))
     state = dissect.start(run)
     save(state)
+  else:
+    state = dissect.place_state(run, state)
   while True:
-    done = int(state.images)
+    done = dissect.images_tallied(state)
     batches = dissect.remaining(run, state)
-    desc = f"pass {int(state.passes) + 1}"
+    desc = f"pass {dissect.passes_done(state) + 1}"
     count = 0
     for first, z in progress(batches, config.n - done, desc=desc, unit="img",
                              scale=config.batch_size, quiet=_QUIET.value):
-      state = run.step(state, jnp.asarray(z), jnp.int32(first))
+      state = run.step(state, z, jnp.int32(first))
       count += 1
       if count % _EVERY.value == 0:
         save(state)
@@ -167,7 +230,7 @@ def _run_passes(run: dissect.Run, state: dissect.State | None, root: str,
     if results is not None:
       return results
     logging.info("some units' thresholds need a narrower bracket: pass %d",
-                 int(next_state.passes) + 1)
+                 dissect.passes_done(next_state) + 1)
     state = next_state
     save(state)
 
@@ -196,8 +259,27 @@ def _write_outputs(outdir: str, doc: dict, results: dict[str, dissect.LayerResul
   html.write_report(outdir, doc)
 
 
+def _join_processes() -> None:
+  """Joins a multi-process run when the flags ask for one (before any device is touched)."""
+  try:
+    sharding.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                        heartbeat_timeout_s=_HEARTBEAT.value, auto=_DISTRIBUTED.value)
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+
+
+def _mesh(batch_size: int):
+  try:
+    mesh = sharding.data_mesh(_DEVICES.value)
+    sharding.check_batch(batch_size, mesh)
+  except ValueError as e:
+    raise UsageError(f"--devices/--batch_size: {e}") from None
+  return mesh
+
+
 def run_dissection() -> str:
   """Everything `main` does; returns the output folder. Raises UsageError for bad flags."""
+  _join_processes()
   model = _MODEL.value
   if model not in zoo.GENERATORS:
     raise UsageError(f"--model={model!r} is unknown; valid models are: "
@@ -207,8 +289,8 @@ def run_dissection() -> str:
     raise UsageError(f"--segmenter={segmenter!r} is unknown; valid segmenters are: "
                      f"{', '.join(zoo.SEGMENTERS)}")
   threshold = _threshold(_THRESHOLD.value)
-  gen = zoo.load_generator(model)
-  seg = zoo.load_segmenter(segmenter)
+  gen = precision.generator_in(zoo.load_generator(model), _DTYPE.value)
+  seg = precision.segmenter_in(zoo.load_segmenter(segmenter), _DTYPE.value)
   layers = list(_LAYERS.value) if _LAYERS.value else list(gen.layers[:-1])
   for layer in layers:
     if layer not in gen.layers:
@@ -217,13 +299,15 @@ def run_dissection() -> str:
   config = dissect.Config(
       layers=tuple(layers), n=_N.value, zdim=zoo.latent_dim(model), batch_size=_BATCH.value,
       seed=_SEED.value, threshold=threshold, topk=_TOPK.value, num_bins=_BINS.value,
-      warmup=_WARMUP.value, iou_tolerance=_TOLERANCE.value, max_passes=_MAX_PASSES.value)
+      warmup=_WARMUP.value, iou_tolerance=_TOLERANCE.value, max_passes=_MAX_PASSES.value,
+      forward_chunk=_FORWARD_CHUNK.value)
   if _EVERY.value < 1:
     raise UsageError(f"--checkpoint_every={_EVERY.value}; expected a positive number of batches")
   if _TILE.value < 8:
     raise UsageError(f"--tile={_TILE.value}; expected at least 8 pixels")
+  mesh = _mesh(config.batch_size)
   try:
-    run = dissect.prepare(gen, seg, config)
+    run = dissect.prepare(gen, seg, config, mesh)
   except ValueError as e:
     raise UsageError(str(e)) from None
   outdir = _OUTDIR.value
@@ -231,15 +315,18 @@ def run_dissection() -> str:
   settings = _settings(model, segmenter, layers)
   root = os.path.join(outdir, "checkpoint")
   meta = {"settings": {k: settings[k] for k in _STATE_FLAGS}, "n": config.n}
-  state = _resume(root, run, settings)
-  logging.info("dissecting %s of %s with the %s segmenter: %d images, threshold %s -> %s",
-               ",".join(layers), model, segmenter, config.n, _THRESHOLD.value, outdir)
+  state = _resume_everywhere(root, run, settings)
+  logging.info("dissecting %s of %s with the %s segmenter: %d images, threshold %s, %d "
+               "device(s) in %d process(es) -> %s", ",".join(layers), model, segmenter,
+               config.n, _THRESHOLD.value, mesh.devices.size, jax.process_count(), outdir)
   start = time.perf_counter()
   results = _run_passes(run, state, root, meta)
   logging.info("tallies done in %.1f s", time.perf_counter() - start)
   doc = document.dissection_doc(results, seg.concepts, model=model, segmenter=segmenter,
                                 settings=settings, iou_threshold=_IOU_THRESHOLD.value,
                                 iqr=threshold == "iqr")
+  if not sharding.is_primary():
+    return outdir  # process 0 writes the results
   _write_outputs(outdir, doc, results, gen, config)
   for record in doc["layers"]:
     counts = ", ".join(f"{c} {k}" for c, k in record["concept_counts"].items())

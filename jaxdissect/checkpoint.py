@@ -25,7 +25,7 @@ def save(path: str, tree: Any, *, overwrite: bool = True) -> None:
   """Saves `tree` (a pytree of arrays) to the directory `path` (absolute or relative)."""
   path = os.path.abspath(path)
   tree = _arrays(tree)
-  checkpointer = ocp.StandardCheckpointer()
+  checkpointer = _checkpointer()
   checkpointer.save(path, tree, force=overwrite)
   checkpointer.wait_until_finished()
 
@@ -38,12 +38,20 @@ def load(path: str, like: Any = None, *, remake: str = "") -> Any:
   if not os.path.isdir(path):
     raise CheckpointError(f"no checkpoint at {path}{hint}")
   try:
-    checkpointer = ocp.StandardCheckpointer()
+    checkpointer = _checkpointer()
     if like is None:
       like = checkpointer.metadata(path).item_metadata.tree
     return checkpointer.restore(path, _on_this_host(like))
   except Exception as e:  # Orbax raises many types for damaged files; report them uniformly.
     raise CheckpointError(f"checkpoint at {path} is unreadable ({type(e).__name__}: {e}){hint}") from e
+
+
+def _checkpointer() -> ocp.StandardCheckpointer:
+  """An Orbax checkpointer of this process alone: in a multi-process run one process (the
+  primary) writes, and Orbax's default would wait for the others to join the save."""
+  me = jax.process_index()
+  options = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+  return ocp.StandardCheckpointer(multiprocessing_options=options)
 
 
 def _on_this_host(like: Any) -> Any:

@@ -15,6 +15,13 @@ that maximises the information quality ratio; IoU at a grid level is an exact co
 The state is a pytree of fixed-size integer tallies, so it checkpoints, resumes and merges, and
 memory does not grow with n. Driving the loop (progress, checkpoints) is the caller's job through
 `start`, `step_fn`, `finish`, or all at once through `dissect`.
+
+Given a `mesh` (see `jaxdissect.sharding`), each batch is split over its `data` axis: every device
+generates, segments and tallies its own images into its own copy of the state (leaves stacked
+`[devices, ...]`), and the copies are merged with collectives only when results or a checkpoint
+need them (`gather_state`). Counts are integers and top-k ranks by (value, global index), so the
+results equal a single device's exactly, given models that compute each image alike in calls of
+any size (else see `Config.forward_chunk`).
 """
 
 from __future__ import annotations
@@ -25,7 +32,10 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
+from jaxdissect import sharding
 from jaxdissect.errors import check_choice
 from jaxdissect.model import Generator, Segmenter
 from jaxdissect.stats import conditional, tail
@@ -37,7 +47,12 @@ IQR_LEVELS = 1.0 - np.logspace(-3, 0, 100)[::-1]  # ascending quantile levels of
 
 
 class Config(NamedTuple):
-  """What to dissect and how. `threshold` is q (a unit is on in its top q) or "iqr"."""
+  """What to dissect and how. `threshold` is q (a unit is on in its top q) or "iqr".
+
+  `forward_chunk`: images per generator and segmenter call (0: a device's whole share of a
+  batch). Convolutions may round differently for different batch shapes (XLA's CPU ones do), so
+  runs on different device counts are bit-identical when it divides every device's share.
+  """
 
   layers: tuple[str, ...]
   n: int
@@ -51,6 +66,7 @@ class Config(NamedTuple):
   iou_tolerance: float = 1e-3
   max_passes: int = 3
   tally_chunk: int = 10
+  forward_chunk: int = 0
 
 
 class Shapes(NamedTuple):
@@ -113,7 +129,8 @@ def check_config(config: Config, gen: Generator) -> None:
   for name, value, least in (("n", config.n, 1), ("batch_size", config.batch_size, 1),
                              ("topk", config.topk, 1), ("num_bins", config.num_bins, 1),
                              ("warmup", config.warmup, 1), ("max_passes", config.max_passes, 1),
-                             ("tally_chunk", config.tally_chunk, 1)):
+                             ("tally_chunk", config.tally_chunk, 1),
+                             ("forward_chunk", config.forward_chunk, 0)):
     if value < least:
       raise ValueError(f"{name} is {value}, expected an integer >= {least}")
 
@@ -142,15 +159,34 @@ def infer_shapes(gen: Generator, seg: Segmenter, config: Config) -> Shapes:
   return Shapes(layers, seg_size, labels.shape[3], tuple(image.shape[1:]))
 
 
-def forward_fn(gen: Generator, seg: Segmenter, layers: Sequence[str]) -> Callable:
-  """`f(z) -> (acts {layer: [B, h, w, C]}, labels [B, H, W, D])`, not jitted."""
+def forward_fn(gen: Generator, seg: Segmenter, layers: Sequence[str], chunk: int = 0) -> Callable:
+  """`f(z) -> (acts {layer: [B, h, w, C]}, labels [B, H, W, D])`, not jitted.
+
+  `chunk` > 0 runs the models on `gcd(B, chunk)` images at a time (a `lax.map`), so the numbers
+  of an image do not depend on how many images share its call.
+  """
   layers = tuple(layers)
 
   def forward(z):
     image, acts = gen.apply_fn(gen.params, z, capture=layers)
     return acts, seg.label_fn(seg.params, image)
 
-  return forward
+  return in_chunks(forward, chunk)
+
+
+def in_chunks(fn: Callable, chunk: int) -> Callable:
+  """`fn` over a batch, applied `gcd(B, chunk)` rows at a time (as is when chunk is 0)."""
+  if not chunk:
+    return fn
+
+  def chunked(z):
+    size = math.gcd(z.shape[0], chunk)
+    if size == z.shape[0]:
+      return fn(z)
+    out = jax.lax.map(fn, z.reshape(z.shape[0] // size, size, *z.shape[1:]))
+    return jax.tree.map(lambda x: x.reshape(z.shape[0], *x.shape[2:]), out)
+
+  return chunked
 
 
 def _stat(config: Config, num_concepts: int, units: int, bracket: Any):
@@ -230,7 +266,7 @@ def _update_only(config: Config, num_concepts: int, units: int) -> Callable:
 
 def step_fn(gen: Generator, seg: Segmenter, config: Config, shapes: Shapes) -> Callable:
   """Jitted `step(state, z, start) -> state`: generate, segment and tally one batch."""
-  forward = forward_fn(gen, seg, config.layers)
+  forward = forward_fn(gen, seg, config.layers, config.forward_chunk)
   tally = tally_fn(config, shapes, len(seg.concepts))
 
   @jax.jit
@@ -346,23 +382,151 @@ def _iqr_result(stat: conditional.ConditionalState):
 
 
 class Run(NamedTuple):
-  """Everything a driver needs: config, shapes, the jitted step, the activations of a batch
-  (`generate(z) -> {layer: acts}`) and the number of concepts."""
+  """Everything a driver needs: config, shapes, the step, the activations of a batch
+  (`generate(z) -> {layer: acts}`) and the number of concepts. With a `mesh`, `step` takes the
+  host batch and a per-device state, and `merge` merges per-device states (else both None)."""
 
   config: Config
   shapes: Shapes
   step: Callable
   generate: Callable
   num_concepts: int
+  mesh: Mesh | None = None
+  merge: Callable | None = None
 
 
-def prepare(gen: Generator, seg: Segmenter, config: Config) -> Run:
-  """Checks the config against the models and builds the jitted functions of a run."""
+def prepare(gen: Generator, seg: Segmenter, config: Config, mesh: Mesh | None = None) -> Run:
+  """Checks the config against the models and builds the jitted functions of a run.
+
+  `mesh`: a 1-D mesh with a `data` axis (`sharding.data_mesh`) to split every batch over, or
+  None for one device; `config.batch_size` must then be a multiple of its device count.
+  """
   check_config(config, gen)
   shapes = infer_shapes(gen, seg, config)
   num_concepts = len(seg.concepts)
-  generate = jax.jit(lambda z: gen.apply_fn(gen.params, z, capture=config.layers)[1])
-  return Run(config, shapes, step_fn(gen, seg, config, shapes), generate, num_concepts)
+  acts_of = in_chunks(lambda z: gen.apply_fn(gen.params, z, capture=config.layers)[1],
+                      config.forward_chunk)
+  if mesh is None:
+    return Run(config, shapes, step_fn(gen, seg, config, shapes), jax.jit(acts_of), num_concepts)
+  sharding.check_batch(config.batch_size, mesh)
+  generate = jax.jit(jax.shard_map(acts_of, mesh=mesh, in_specs=P(sharding.DATA),
+                                   out_specs=P(sharding.DATA)))
+  merge = sharding.merge_fn(merge_states(config, shapes, num_concepts), mesh)
+  return Run(config, shapes, sharded_step_fn(gen, seg, config, shapes, mesh), generate,
+             num_concepts, mesh, merge)
+
+
+def merge_states(config: Config, shapes: Shapes, num_concepts: int) -> Callable:
+  """`merge(a, b) -> State` of two states tallied on disjoint images (a's brackets kept)."""
+  stats = {layer: _stat(config, num_concepts, shapes.layers[layer][2],
+                        _placeholder_bracket(config, shapes.layers[layer][2]))
+           for layer in config.layers}
+  tops = {layer: topk_stat(shapes.layers[layer][2], config.topk) for layer in config.layers}
+
+  def merge(a: State, b: State) -> State:
+    return State({k: stats[k].merge(a.stats[k], b.stats[k]) for k in config.layers},
+                 {k: tops[k].merge(a.tops[k], b.tops[k]) for k in config.layers},
+                 a.images + b.images, a.passes)
+
+  return merge
+
+
+def sharded_step_fn(gen: Generator, seg: Segmenter, config: Config, shapes: Shapes,
+                    mesh: Mesh) -> Callable:
+  """`step(state, z, start) -> state` over a mesh: `state` is per-device, `z` a host batch.
+
+  A full batch goes one slice per device. A short last batch is padded to a full one, so the
+  models see the same shapes as in every other batch (their numbers cannot depend on it); its
+  valid rows are then gathered and re-split, those that do not split evenly being tallied by
+  device 0 alone.
+  """
+  forward = forward_fn(gen, seg, config.layers, config.forward_chunk)
+  tally = tally_fn(config, shapes, len(seg.concepts))
+  count = mesh.devices.size
+  unstack = lambda tree: jax.tree.map(lambda x: x[0], tree)
+  stack = lambda tree: jax.tree.map(lambda x: x[None], tree)
+
+  def full(state, z, start):
+    index = jax.lax.axis_index(sharding.DATA)
+    acts, labels = forward(z)
+    return stack(tally(unstack(state), acts, labels, start + index * z.shape[0]))
+
+  def short(state, z, start, rows):
+    index = jax.lax.axis_index(sharding.DATA)
+    gathered = jax.lax.all_gather(forward(z), sharding.DATA, tiled=True)
+    take = lambda tree, begin, size: jax.tree.map(
+        lambda x: jax.lax.dynamic_slice_in_dim(x, begin, size), tree)
+    state = unstack(state)
+    each = rows // count
+    if each:
+      acts, labels = take(gathered, index * each, each)
+      state = tally(state, acts, labels, start + index * each)
+    if rows > each * count:
+      acts, labels = take(gathered, each * count, rows - each * count)
+      kept = tally(state, acts, labels, start + each * count)
+      state = jax.tree.map(lambda a, b: jnp.where(index == 0, a, b), kept, state)
+    return stack(state)
+
+  data, whole = P(sharding.DATA), P()
+  full = jax.jit(jax.shard_map(full, mesh=mesh, in_specs=(data, data, whole), out_specs=data))
+  shorts = {}
+
+  def short_fn(rows: int) -> Callable:
+    if rows not in shorts:
+      body = lambda state, z, start: short(state, z, start, rows)
+      shorts[rows] = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(data, data, whole),
+                                           out_specs=data))
+    return shorts[rows]
+
+  def step(state: State, z: np.ndarray, start) -> State:
+    z = np.asarray(z)
+    rows = z.shape[0]
+    first = sharding.replicate(mesh, np.int32(int(start)))
+    if rows == config.batch_size:
+      return full(state, sharding.shard_rows(mesh, z), first)
+    padded = np.zeros((config.batch_size, *z.shape[1:]), z.dtype)
+    padded[:rows] = z
+    return short_fn(rows)(state, sharding.shard_rows(mesh, padded), first)
+
+  return step
+
+
+def _warmup_acts(run: Run, z: np.ndarray) -> dict[str, np.ndarray]:
+  """Host activations of a warmup batch (gathered from every device and process)."""
+  if run.mesh is None:
+    return jax.device_get(run.generate(jnp.asarray(z)))
+  rows = z.shape[0]
+  padded = np.zeros((run.config.batch_size, z.shape[1]), np.float32)
+  padded[:rows] = z  # one compiled shape; the padding's activations are dropped
+  acts = run.generate(sharding.shard_rows(run.mesh, padded))
+  return {layer: sharding.gather_rows(a)[:rows] for layer, a in acts.items()}
+
+
+def place_state(run: Run, state: State) -> State:
+  """A (merged, host) state laid out for `run.step`: per device on a mesh, as is without one.
+
+  Device 0 holds `state`; the others hold empty tallies on exactly its brackets (copied, not
+  recomputed, so every device bins alike).
+  """
+  if run.mesh is None:
+    return state
+  host = jax.tree.map(np.asarray, state)
+  empty = template_state(run)
+  stats = {layer: empty.stats[layer]._replace(**{
+      f: getattr(host.stats[layer], f) for f in _BRACKET_FIELDS
+      if f in host.stats[layer]._fields}) for layer in run.config.layers}
+  empty = empty._replace(stats=stats, passes=host.passes)
+  return sharding.per_device(run.mesh, host, jax.tree.map(np.asarray, empty))
+
+
+_BRACKET_FIELDS = ("lo", "width", "edges")  # configuration, not counts, of the stats' states
+
+
+def gather_state(run: Run, state: State) -> State:
+  """The merged state of all devices and processes, on the host (as is without a mesh)."""
+  if run.mesh is None:
+    return state
+  return sharding.first_local(run.merge(state))
 
 
 def start(run: Run) -> State:
@@ -373,43 +537,58 @@ def start(run: Run) -> State:
   """
   config = run.config
   warm = min(config.n, config.warmup)
-  batches = [jax.device_get(run.generate(jnp.asarray(z)))
+  batches = [_warmup_acts(run, z)
              for _, z in z_batches(warm, config.seed, config.batch_size, config.zdim)]
   brackets = warmup_brackets(config, run.shapes, batches)
-  return init_state(config, run.shapes, run.num_concepts, brackets)
+  return place_state(run, init_state(config, run.shapes, run.num_concepts, brackets))
+
+
+def images_tallied(state: State) -> int:
+  """Images of the current pass tallied so far (summed over devices for a per-device state)."""
+  return int(np.sum(sharding.gather_rows(state.images)))
+
+
+def passes_done(state: State) -> int:
+  """Passes finished before the current one (of a merged or a per-device state)."""
+  return int(np.max(sharding.gather_rows(state.passes)))
 
 
 def remaining(run: Run, state: State):
   """Yields `(start, z)` for the batches of the current pass not yet tallied."""
-  done = int(state.images)
+  done = images_tallied(state)
   yield from z_batches(run.config.n, run.config.seed, run.config.batch_size, run.config.zdim,
                        start=done)
 
 
 def finish(run: Run, state: State) -> tuple[dict[str, LayerResult] | None, State | None]:
   """Results when every unit is within tolerance (or passes ran out), else the next pass's state."""
+  state = gather_state(run, state)
   results, refine = layer_results(run.config, run.shapes, state)
   passes = int(state.passes) + 1
   if not refine or passes >= run.config.max_passes:
     return results, None
   brackets = brackets_of(state, run.config)
   brackets.update(refine)
-  return None, init_state(run.config, run.shapes, run.num_concepts, brackets, passes)
+  fresh = init_state(run.config, run.shapes, run.num_concepts, brackets, passes)
+  return None, place_state(run, fresh)
 
 
 def dissect(gen: Generator, seg: Segmenter, config: Config,
             on_batch: Callable[[State], None] | None = None,
-            state: State | None = None) -> dict[str, LayerResult]:
+            state: State | None = None, mesh: Mesh | None = None) -> dict[str, LayerResult]:
   """Dissects `config.layers` of `gen` with `seg` over the first `config.n` latents.
 
-  `on_batch(state)` is called after every batch (progress, checkpoints); `state` resumes a run.
+  `on_batch(state)` is called after every batch (progress, checkpoints; with a mesh the state is
+  per device: `gather_state` merges it); `state` resumes a run (a merged state); `mesh` splits
+  batches over devices (see `prepare`).
   """
-  run = prepare(gen, seg, config)
-  if state is None:
-    state = start(run)
+  run = prepare(gen, seg, config, mesh)
+  state = start(run) if state is None else place_state(run, state)
   while True:
     for first, z in remaining(run, state):
-      state = run.step(state, jnp.asarray(z), jnp.int32(first))
+      if mesh is None:
+        z = jnp.asarray(z)
+      state = run.step(state, z, jnp.int32(first))
       if on_batch is not None:
         on_batch(state)
     results, state = finish(run, state)
