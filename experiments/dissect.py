@@ -270,7 +270,14 @@ def _join_processes() -> None:
 
 def _mesh(batch_size: int):
   try:
-    mesh = sharding.data_mesh(_DEVICES.value)
+    devices = _DEVICES.value
+    if devices is None:
+      devices = sharding.devices_for_batch(batch_size)
+      if devices < jax.local_device_count():
+        logging.info("Using %d of %d local devices: --batch_size %d splits evenly over %d; pass "
+                     "--devices to insist on more.", devices, jax.local_device_count(),
+                     batch_size, devices)
+    mesh = sharding.data_mesh(devices)
     sharding.check_batch(batch_size, mesh)
   except ValueError as e:
     raise UsageError(f"--devices/--batch_size: {e}") from None

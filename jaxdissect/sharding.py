@@ -41,6 +41,20 @@ def data_mesh(devices: int | None = None) -> Mesh:
   return Mesh(np.array(chosen), (DATA,))
 
 
+def devices_for_batch(batch_size: int) -> int:
+  """The most local devices per process (up to all) over which `batch_size` splits evenly.
+
+  Lets a default run use every device when it can and fewer, rather than fail, when the batch
+  does not divide; an explicit device count is checked by `check_batch` instead.
+  """
+  processes = jax.process_count()
+  for devices in range(jax.local_device_count(), 0, -1):
+    if batch_size % (devices * processes) == 0:
+      return devices
+  raise ValueError(f"batch_size {batch_size} does not split over {processes} processes; use a "
+                   f"multiple of {processes}")
+
+
 def check_batch(batch_size: int, mesh: Mesh) -> None:
   """Raises ValueError unless `batch_size` splits evenly over the mesh's devices."""
   count = mesh.devices.size

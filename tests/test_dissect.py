@@ -4,17 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxdissect import dissect, planted, reference, zoo, zsample
-
-
-@pytest.fixture(scope="module")
-def planted_world():
-  return zoo.load_world("planted")
-
-
-@pytest.fixture(scope="module")
-def scene_world():
-  return zoo.load_world("sceneworld")
+from jaxdissect import dissect, planted, reference, zsample
 
 
 def _config(world, layers, n, **kw):

@@ -24,16 +24,6 @@ TIMEOUT = 180
 pytestmark = pytest.mark.skipif(len(jax.devices()) < 4, reason="needs four (forced) devices")
 
 
-@pytest.fixture(scope="module")
-def planted_world():
-  return zoo.load_world("planted")
-
-
-@pytest.fixture(scope="module")
-def scene_world():
-  return zoo.load_world("sceneworld")
-
-
 def _config(model, layers, n, **kw):
   return dissect.Config(layers=tuple(layers), n=n, zdim=zoo.latent_dim(model), batch_size=20,
                         warmup=40, **kw)
@@ -109,6 +99,12 @@ def test_batch_that_does_not_split_is_refused(planted_world):
     sharding.data_mesh(9)
 
 
+def test_default_device_count_is_the_most_that_splits_the_batch():
+  assert jax.local_device_count() == 4
+  got = {b: sharding.devices_for_batch(b) for b in (20, 10, 50, 30, 7, 1)}
+  assert got == {20: 4, 10: 2, 50: 2, 30: 3, 7: 1, 1: 1}
+
+
 def _env():
   return dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
               XLA_FLAGS="--xla_force_host_platform_device_count=4")
@@ -130,7 +126,7 @@ def test_cli_four_devices_writes_what_one_writes(tmp_path):
   one = _cli([*args, "--devices", 1], tmp_path / "one", tmp_path)
   assert four == one
   bad = subprocess.run([sys.executable, "-m", "experiments.dissect", "--quiet", "--model",
-                        "planted", "--batch_size", "10", "--outdir", str(tmp_path / "bad")],
+                        "planted", "--batch_size", "10", "--devices", "4", "--outdir", str(tmp_path / "bad")],
                        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
   assert bad.returncode == 2 and "multiple of 4" in bad.stderr.strip().splitlines()[-1], (
       bad.stderr[-2000:])
