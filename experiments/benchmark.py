@@ -35,11 +35,18 @@ Command for dissection against a bare generator+segmenter pass (`--parts` picks 
       images, layer4 (8x8x512) upsampled to 64x64: bare pass against one-pass dissection over
       `--heavy_n` images;
   (memory) peak RSS of `python -m experiments.dissect` on layer4,layer6 for each `--memory_n`,
-      each in a fresh subprocess.
+      each in a fresh subprocess;
+  (scaling, not run by default) the same CLI on layer4 with `--devices` 1, 2, 4 (forced CPU
+      devices on a CPU host, real ones elsewhere): wall time, peak RSS, and whether every
+      `dissect.json` is byte-identical to the 1-device one.
+`--heavy_segmenter resnet50-upernet` swaps the stand-in for a ResNet-50 UPerNet (random
+weights) on the full 256x256 image with 128x128 labels.
 Every part's timings repeat `--repeats` times, interleaved, and report medians; each ratio is the
 median of the per-repeat ratios, and each repeat's denominator is the mean of a bare pass run
 just before and one just after the timings it divides. Per-stage costs per image come from timing
-each stage's jitted function alone on one batch. The whole run takes about 15-20 minutes on 2
+each stage's jitted function alone on one batch, with images/s, each stage's share, and the
+generator's and segmenter's achieved GFLOP/s (XLA's cost analysis of the compiled stage) next to
+a large matmul's GFLOP/s timed in the same part. The whole run takes about 15-20 minutes on 2
 shared CPU cores.
 """
 
@@ -76,7 +83,8 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repetitions (after one warm
 _CONCEPTS = flags.DEFINE_integer("concepts", 64, "Concepts in the IoU tally.")
 _SUBSAMPLE = flags.DEFINE_integer("subsample", 4, "Pixel stride per axis for the sketch.")
 _PARTS = flags.DEFINE_list("parts", ["light", "heavy", "memory"],
-                           "With --what=dissect: the workloads to measure.")
+                           "With --what=dissect: the workloads to measure (light, heavy, "
+                           "memory, scaling).")
 _LIGHT_N = flags.DEFINE_integer("light_n", 1000, "Images of the scene-world workload.")
 _LIGHT_BATCH = flags.DEFINE_integer("light_batch", 100, "Batch size of the scene-world workload.")
 _HEAVY_N = flags.DEFINE_integer("heavy_n", 200, "Images of the ProgGAN-256 workload.")
@@ -90,6 +98,11 @@ _HEAVY_SEGMENTER = flags.DEFINE_string("heavy_segmenter", "pooled_scene",
 _HEAVY_PRECISION = flags.DEFINE_enum("heavy_precision", "highest",
                                      ["default", "high", "highest"],
                                      "Matmul precision of a ports.semseg heavy segmenter.")
+_SCALING_DEVICES = flags.DEFINE_list("scaling_devices", ["1", "2", "4"],
+                                     "Device counts of the scaling part.")
+_SCALING_N = flags.DEFINE_integer("scaling_n", 1000, "Images of the scaling part.")
+_SCALING_BATCH = flags.DEFINE_integer("scaling_batch", 100, "Batch size of the scaling part "
+                                      "(a multiple of every device count).")
 _MEMORY_N = flags.DEFINE_list("memory_n", ["1000", "10000"],
                               "Image counts whose dissection peak RSS is compared.")
 
@@ -176,19 +189,31 @@ def subsample_accuracy(batch: int, stride: int, batches: int = 4, units: int = 6
   return out
 
 
+def matmul_gflop_per_s(repeats: int, size: int = 2048) -> float:
+  """GFLOP/s of a large float32 matmul: the practical compute limit of this machine."""
+  a = jax.random.normal(jax.random.key(2), (size, size))
+  return 2 * size**3 / timed(jax.jit(lambda a: a @ a), a, repeats=repeats) / 1e9
+
+
+def compiled_flops(fn, *args) -> float:
+  """FLOPs of one call of `fn(*args)` by XLA's cost analysis of the compiled program."""
+  analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
+  if isinstance(analysis, (list, tuple)):  # older jax returns one dict per program
+    analysis = analysis[0]
+  return float(analysis["flops"])
+
+
 def bench_generator(repeats: int) -> dict:
   gen = proggan.make_generator(proggan.LSUN_SIZES, jax.random.key(0))
   z = jax.random.normal(jax.random.key(1), (_GEN_BATCH.value, proggan.LSUN_SIZES[0]))
   forward = jax.jit(lambda p, z: gen.apply_fn(p, z)[0])
   t_gen = timed(forward, gen.params, z, repeats=repeats) / _GEN_BATCH.value
-  a = jax.random.normal(jax.random.key(2), (2048, 2048))
-  t_mm = timed(jax.jit(lambda a: a @ a), a, repeats=repeats)
   flops = proggan_flops(proggan.LSUN_SIZES)
   return {
       "generator_s_per_image": t_gen,
       "generator_gflops_per_image": flops / 1e9,
       "generator_gflop_per_s": flops / t_gen / 1e9,
-      "matmul_gflop_per_s": 2 * 2048**3 / t_mm / 1e9,
+      "matmul_gflop_per_s": matmul_gflop_per_s(repeats),
   }
 
 
@@ -309,9 +334,15 @@ def stage_costs(gen, seg, run: dissect.Run, repeats: int) -> dict:
   tally = jax.jit(dissect.tally_fn(config, shapes, run.num_concepts))
   first = jnp.int32(0)
   ms = lambda fn, *args: timed(fn, *args, repeats=repeats) / batch * 1e3
-  return {"generator_ms": ms(generate, z), "segmenter_ms": ms(label, image),
-          "tally_ms": ms(tally, state, acts, labels, first),
-          "step_ms": ms(run.step, state, z, first)}
+  out = {"generator_ms": ms(generate, z), "segmenter_ms": ms(label, image),
+         "tally_ms": ms(tally, state, acts, labels, first),
+         "step_ms": ms(run.step, state, z, first),
+         "generator_gflop": compiled_flops(generate, z) / batch / 1e9,
+         "segmenter_gflop": compiled_flops(label, image) / batch / 1e9,
+         "matmul_gflop_per_s": matmul_gflop_per_s(repeats)}
+  for stage in ("generator", "segmenter"):
+    out[f"{stage}_gflop_per_s"] = out[f"{stage}_gflop"] / out[f"{stage}_ms"] * 1e3
+  return out
 
 
 def _median(values) -> float:
@@ -418,7 +449,7 @@ _RSS_LAUNCHER = ("import os, subprocess, sys; "
                  "sys.exit(os.waitstatus_to_exitcode(status))")
 
 
-def peak_rss(cmd: list[str], cwd: str) -> tuple[int, float]:
+def peak_rss(cmd: list[str], cwd: str, env: dict | None = None) -> tuple[int, float]:
   """Peak resident set size in bytes and wall seconds of a process running `cmd`.
 
   Linux carries a process's RSS high-water mark across exec, so a child started straight from
@@ -428,7 +459,7 @@ def peak_rss(cmd: list[str], cwd: str) -> tuple[int, float]:
   """
   with tempfile.TemporaryFile() as err:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _RSS_LAUNCHER, *cmd], cwd=cwd,
+    proc = subprocess.run([sys.executable, "-c", _RSS_LAUNCHER, *cmd], cwd=cwd, env=env,
                           stdout=subprocess.PIPE, stderr=err, check=False)
     seconds = time.perf_counter() - start
     if proc.returncode:
@@ -455,10 +486,52 @@ def bench_memory() -> dict:
   return out
 
 
+def bench_scaling() -> dict:
+  """`python -m experiments.dissect` of the scene world on 1, 2, 4... devices, each in a fresh
+  process: wall time, peak RSS and whether `dissect.json` is byte-identical to the 1-device one.
+
+  On a CPU host the devices are forced (`--xla_force_host_platform_device_count`): they share
+  the same cores, so this shows correctness and overhead, not speed-up; on a GPU/TPU host the
+  real local devices are used.
+  """
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  counts = [int(v) for v in _SCALING_DEVICES.value]
+  env = dict(os.environ)
+  if jax.default_backend() == "cpu":
+    env.update(JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"{env.get('XLA_FLAGS', '')} "
+                         f"--xla_force_host_platform_device_count={max(counts)}".strip())
+  elif max(counts) > jax.local_device_count():
+    raise app.UsageError(f"--scaling_devices {counts}: this host has "
+                         f"{jax.local_device_count()} devices")
+  batch = _SCALING_BATCH.value
+  out = {"n": _SCALING_N.value, "batch": batch, "forced_cpu": jax.default_backend() == "cpu",
+         "devices": [], "wall_s": [], "peak_rss_bytes": [], "identical_to_first": []}
+  with tempfile.TemporaryDirectory() as tmp:
+    first = None
+    for count in counts:
+      outdir = os.path.join(tmp, str(count))
+      cmd = [sys.executable, "-m", "experiments.dissect", "--quiet", "--images=false",
+             "--outdir", outdir, "--layers", "layer4", "--n", str(_SCALING_N.value),
+             "--batch_size", str(batch), "--devices", str(count),
+             "--forward_chunk", str(batch // max(counts)), "--fresh"]
+      rss, seconds = peak_rss(cmd, root, env)
+      with open(os.path.join(outdir, "dissect.json"), "rb") as f:
+        written = f.read()
+      first = written if first is None else first
+      logging.info("scaling: %d device(s) %.1f s, peak RSS %.0f MiB, identical: %s", count,
+                   seconds, rss / 2**20, written == first)
+      for key, value in (("devices", count), ("wall_s", seconds), ("peak_rss_bytes", rss),
+                         ("identical_to_first", written == first)):
+        out[key].append(value)
+    out["command"] = " ".join(["python"] + cmd[1:6] + ["TMP"] + cmd[7:-5] + cmd[-3:])
+  return out
+
+
 def bench_dissect(repeats: int, path: str, header: dict) -> dict:
   """Runs the parts named by --parts, writing the JSON record to `path` after each."""
   parts = {"light": lambda: bench_light(repeats), "heavy": lambda: bench_heavy(repeats),
-           "memory": bench_memory}
+           "memory": bench_memory, "scaling": bench_scaling}
   for part in _PARTS.value:
     if part not in parts:
       raise app.UsageError(f"--parts: unknown part {part!r}; valid parts are {list(parts)}")
@@ -501,25 +574,54 @@ def dissect_markdown(r: dict) -> str:
               f"| {heavy['bare_s']:.1f} | {heavy['total_s']:.1f} | {heavy['total_ratio']:.2f} | "
               f"{heavy['tally_s']:.1f} | {heavy['tally_ratio']:.2f} | "
               f"{heavy['projected_ratio']:.2f} |", ""]
-  rows = [(f"scene {name}", r["light"][name]) for name in ("layer4", "all") if "light" in r]
-  rows += [("ProgGAN-256 layer4", heavy)] if heavy else []
+  rows = [(f"scene {name}", r["light"][name], r["light"]["n"])
+          for name in ("layer4", "all") if "light" in r]
+  rows += [("ProgGAN-256 layer4", heavy, heavy["n"])] if heavy else []
   if rows:
-    lines += ["Per-image stage costs (ms), each stage jitted alone on one batch:", "",
-              "| workload | generator | segmenter | tally | fused step | warmup / n | finish / n |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
-    for name, w in rows:
-      n = r["light"]["n"] if name.startswith("scene") else heavy["n"]
-      lines.append(f"| {name} | {w['generator_ms']:.2f} | {w['segmenter_ms']:.2f} | "
-                   f"{w['tally_ms']:.2f} | {w['step_ms']:.2f} | "
-                   f"{w['warmup_s'] / n * 1e3:.2f} | {w['finish_s'] / n * 1e3:.2f} |")
-    lines.append("")
+    lines += stage_markdown(rows)
   if "memory" in r:
     m = r["memory"]
     lines += ["| n | peak RSS (MiB) | wall (s) |", "|---:|---:|---:|"]
     for n, rss, s in zip(m["n"], m["peak_rss_bytes"], m["wall_s"]):
       lines.append(f"| {n} | {rss / 2**20:.0f} | {s:.0f} |")
-    lines.append(f"\nPeak RSS ratio n={m['n'][-1]} / n={m['n'][0]}: {m['ratio']:.3f}")
+    lines.append(f"\nPeak RSS ratio n={m['n'][-1]} / n={m['n'][0]}: {m['ratio']:.3f}\n")
+  if "scaling" in r:
+    c = r["scaling"]
+    kind = "forced CPU devices on the same cores" if c["forced_cpu"] else "local devices"
+    lines += [f"Device scaling ({kind}): `{c['command']}` with --devices D", "",
+              "| devices | wall (s) | peak RSS (MiB) | dissect.json identical to 1 device |",
+              "|---:|---:|---:|---|"]
+    for d, sec, rss, same in zip(c["devices"], c["wall_s"], c["peak_rss_bytes"],
+                                 c["identical_to_first"]):
+      lines.append(f"| {d} | {sec:.1f} | {rss / 2**20:.0f} | {'yes' if same else 'NO'} |")
   return "\n".join(lines)
+
+
+def stage_markdown(rows: list[tuple[str, dict, int]]) -> list[str]:
+  """Per-stage tables: cost, images/s and share, and achieved GFLOP/s against the matmul's."""
+  lines = ["Per-image stage costs, each stage jitted alone on one batch; share = of the sum of "
+           "generator, segmenter, tally, warmup / n and finish / n:", "",
+           "| workload | stage | ms / image | images/s | share |", "|---|---|---:|---:|---:|"]
+  for name, w, n in rows:
+    costs = {"generator": w["generator_ms"], "segmenter": w["segmenter_ms"],
+             "tally": w["tally_ms"], "warmup / n": w["warmup_s"] / n * 1e3,
+             "finish / n": w["finish_s"] / n * 1e3}
+    total = sum(costs.values())
+    for stage, ms in costs.items():
+      lines.append(f"| {name} | {stage} | {ms:.2f} | {1e3 / ms:.1f} | {ms / total:.1%} |")
+    lines.append(f"| {name} | fused step (gen+seg+tally) | {w['step_ms']:.2f} | "
+                 f"{1e3 / w['step_ms']:.1f} | - |")
+  lines += ["", "Achieved GFLOP/s (XLA cost analysis of each compiled stage) against a 2048x2048 "
+            "float32 matmul timed in the same part:", "",
+            "| workload | generator GFLOP / image | GFLOP/s | segmenter GFLOP / image | GFLOP/s "
+            "| matmul GFLOP/s | generator / matmul | segmenter / matmul |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+  for name, w, _ in rows:
+    mm = w["matmul_gflop_per_s"]
+    lines.append(f"| {name} | {w['generator_gflop']:.2f} | {w['generator_gflop_per_s']:.1f} | "
+                 f"{w['segmenter_gflop']:.2f} | {w['segmenter_gflop_per_s']:.1f} | {mm:.1f} | "
+                 f"{w['generator_gflop_per_s'] / mm:.0%} | {w['segmenter_gflop_per_s'] / mm:.0%} |")
+  return lines + [""]
 
 
 def bench_sweep(repeats: int, n: int, chunks: list[int], batch_size: int) -> dict:

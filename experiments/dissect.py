@@ -78,6 +78,10 @@ _TILE = flags.DEFINE_integer("tile", 128, "Pixel size of each image in the unit 
 _IMAGES = flags.DEFINE_bool("images", True, "Write unit strips (regenerates the top images).")
 _DEVICES = flags.DEFINE_integer("devices", None, "Local devices to split batches over (default: "
                                 "all); the first N of each process.")
+_WARMUP_ON = flags.DEFINE_enum("warmup_on", "auto", ["auto", "host", "device"],
+                               "Where the quantile warmup ranks activations: on the host "
+                               "(numpy), on the devices (top-k; only the tail leaves them) or "
+                               "auto (devices unless they are CPUs). Same brackets either way.")
 _FORWARD_CHUNK = flags.DEFINE_integer("forward_chunk", 0, "Images per generator/segmenter call "
                                       "on a device (0: its whole share of a batch).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 in a "
@@ -307,7 +311,7 @@ def run_dissection() -> str:
       layers=tuple(layers), n=_N.value, zdim=zoo.latent_dim(model), batch_size=_BATCH.value,
       seed=_SEED.value, threshold=threshold, topk=_TOPK.value, num_bins=_BINS.value,
       warmup=_WARMUP.value, iou_tolerance=_TOLERANCE.value, max_passes=_MAX_PASSES.value,
-      forward_chunk=_FORWARD_CHUNK.value)
+      forward_chunk=_FORWARD_CHUNK.value, warmup_on=_WARMUP_ON.value)
   if _EVERY.value < 1:
     raise UsageError(f"--checkpoint_every={_EVERY.value}; expected a positive number of batches")
   if _TILE.value < 8:

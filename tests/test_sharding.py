@@ -71,6 +71,40 @@ def test_scene_world_on_four_devices_equals_one(scene_world):
   assert four["layer6"].best_iou.max() > 0.04
 
 
+@pytest.mark.parametrize("devices", [None, 4])
+def test_device_warmup_finds_the_host_warmup_brackets(scene_world, devices):
+  # 50 warmup images in batches of 20: the last batch is short (padded on the mesh).
+  gen, seg = scene_world.generator, scene_world.segmenter
+  config = _config("sceneworld", ["layer4", "layer6"], 60)._replace(warmup=50)
+  run = dissect.prepare(gen, seg, config, None if devices is None else sharding.data_mesh(devices))
+  zs = [z for _, z in dissect.z_batches(50, config.seed, config.batch_size, config.zdim)]
+  on_device = dissect.device_warmup_brackets(run, zs)
+  on_host = dissect.warmup_brackets(config, run.shapes,
+                                    [dissect._warmup_acts(run, z) for z in zs])  # pylint: disable=protected-access
+  for layer in config.layers:
+    for got, want in zip(on_device[layer], on_host[layer], strict=True):
+      np.testing.assert_array_equal(got, want, err_msg=layer)
+
+
+def test_device_warmup_dissects_alike_and_reports_non_finite(planted_world):
+  gen, seg = planted_world.generator, planted_world.segmenter
+  config = _config("planted", ["layer1", "layer2"], 80)
+  host = dissect.dissect(gen, seg, config._replace(warmup_on="host"), mesh=sharding.data_mesh(4))
+  device = dissect.dissect(gen, seg, config._replace(warmup_on="device"),
+                           mesh=sharding.data_mesh(4))
+  _assert_identical(device, host)
+
+  def broken(params, z, edits=None, capture=None):
+    image, acts = gen.apply_fn(params, z, edits, capture)
+    acts["layer2"] = acts["layer2"].at[:, 0, 0, 4].set(np.inf)
+    return image, acts
+
+  with pytest.raises(FloatingPointError, match="layer2.*units \\[4\\]"):
+    dissect.dissect(gen._replace(apply_fn=broken), seg, config._replace(warmup_on="device"))
+  with pytest.raises(ValueError, match="warmup_on.*'gpu'.*auto"):
+    dissect.dissect(gen, seg, config._replace(warmup_on="gpu"))
+
+
 def test_merge_over_devices_equals_host_merge(planted_world):
   gen, seg = planted_world.generator, planted_world.segmenter
   config = _config("planted", ["layer2"], 40)
