@@ -47,8 +47,9 @@ class TailState(NamedTuple):
   Attributes:
     lo: `[U]` float32, lower end of the bracket (configuration).
     width: `[U]` float32, bin width, > 0 (configuration).
-    hist: `[K, U, T + 3]` int32, pixels of row c (0: all) per cell of unit u: cell 0 below lo,
-      cell 1 equal to lo, cell 1 + j bin j (1..T), cell T + 2 above hi.
+    hist: `[K, U, T + 3]` int32, pixels of row c (0: all) per cell of unit u: cell 0 below lo
+      (not tallied: `pixels[c]` minus the other cells), cell 1 equal to lo, cell 1 + j bin j
+      (1..T), cell T + 2 above hi.
     pixels: `[K]` int32, pixels of row c (row 0: all pixels).
     minimum, maximum: `[U]` float32, bounds on the finite activations (exact extremes, or those
       of the raw featuremap).
@@ -133,7 +134,10 @@ def _batch_tally(lo: jax.Array, width: jax.Array, acts: jax.Array, labels: jax.A
   cells = jnp.where(acts > lo, bins, jnp.where(acts == lo, 1, 0)).astype(jnp.int32)
   label_rows = _label_rows(labels, num_concepts)
   rows = jnp.concatenate([jnp.zeros((num_pixels, 1), jnp.int32), label_rows], axis=1)
-  hist = _histogram(cells, True, rows, num_concepts, num_bins + 2)
+  # Cell 0 is left empty and derived when read (`_with_cell_zero`): most pixels of a unit lie
+  # below its tail, and their scatter-adds, spread over K rows of a large table, were the bulk
+  # of the tally's time.
+  hist = _histogram(cells, cells > 0, rows, num_concepts, num_bins + 2)
   pixels = jnp.zeros((num_concepts,), jnp.int32).at[label_rows.ravel()].add(1, mode="drop")
   bound = acts if raw is None else raw.reshape(-1, num_units).astype(jnp.float32)
   finite = jnp.isfinite(bound)
@@ -182,6 +186,14 @@ def _is_point_bin(width: np.ndarray, lo: np.ndarray, num_bins: int) -> np.ndarra
   return width <= 1.5 * _narrowest(lo, lo + width * num_bins)
 
 
+def _with_cell_zero(state: TailState) -> np.ndarray:
+  """`hist` as float64 with cell 0 (below lo) filled in from the row totals `pixels`."""
+  cells = np.asarray(state.hist, np.float64)
+  rows = np.asarray(state.pixels, np.float64)[:, None]
+  cells[..., 0] = rows - cells[..., 1:].sum(axis=-1)
+  return cells
+
+
 def tail_iou(state: TailState, q: float) -> TailResult:
   """Each unit's (1 - q) quantile and the IoU of its top-q region with every label value.
 
@@ -192,7 +204,7 @@ def tail_iou(state: TailState, q: float) -> TailResult:
   """
   if not 0.0 < q < 1.0:
     raise ValueError(f"q is {q}, expected 0 < q < 1")
-  cells = np.asarray(state.hist, np.float64)  # [K, U, T + 3]
+  cells = _with_cell_zero(state)  # [K, U, T + 3]
   at_lo = cells[0, :, 1]
   hist = np.concatenate([cells[..., :1] + cells[..., 1:2], cells[..., 2:]], axis=-1)
   num_concepts, num_units, num_cells = hist.shape  # bin 0 now holds everything <= lo
