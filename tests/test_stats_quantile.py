@@ -177,3 +177,63 @@ def test_cdf_inverts_quantiles():
   state = stat.update(stat.init(), data)
   x = np.float32([[0.1, 0.5], [0.9, 0.25]])
   np.testing.assert_allclose(quantile.cdf(state, x), x, atol=2e-3)
+
+
+def _device_only(monkeypatch):
+  """Makes the sketch use its jnp kernels (`jnp.sort`) on CPU too."""
+  monkeypatch.setattr(quantile, "_numpy_on_cpu", lambda host, device, *args: device(*args))
+
+
+def _run(data, batches, **kw):
+  stat = quantile.quantile_sketch(data.shape[1], **kw)
+  update = jax.jit(stat.update)
+  state = stat.init()
+  for x in np.split(data, batches):
+    state = update(state, x)
+  return state, jax.jit(stat.merge)(state, update(stat.init(), data[:len(data) // batches]))
+
+
+def test_numpy_and_jnp_kernels_give_identical_states(monkeypatch):
+  """The CPU kernels (numpy sort, threads over units) and the jnp ones write the same entries,
+  through thinning (shift > 0), odd fills (holes), non-finite values and a merge."""
+  rng = np.random.default_rng(8)
+  data = rng.standard_normal((6 * 1_301, 64)).astype(np.float32)  # 64 units: two threads
+  data[rng.integers(0, len(data), 40), rng.integers(0, 64, 40)] = np.nan
+  data[rng.integers(0, len(data), 10), 3] = -np.inf
+  host = _run(data, 6, k=128, num_levels=3, seed=3)
+  _device_only(monkeypatch)
+  device = _run(data, 6, k=128, num_levels=3, seed=3)
+  assert int(host[0].shift) >= 3  # the thinning path ran
+  for h, d in zip(host, device):
+    jax.tree.map(np.testing.assert_array_equal, h, d)
+
+
+def test_vmapped_update_equals_separate_updates():
+  rng = np.random.default_rng(9)
+  data = rng.standard_normal((2, 3_000, 70)).astype(np.float32)
+  stat = quantile.quantile_sketch(70, k=256, num_levels=3)
+  states = [stat.init()._replace(rng=jax.random.key_data(jax.random.key(s))) for s in (1, 2)]
+  stacked = jax.tree.map(lambda *x: jnp.stack(x), *states)
+  both = jax.jit(jax.vmap(stat.update))(stacked, data)
+  shared = jax.jit(jax.vmap(stat.update, in_axes=(0, None)))(stacked, data[0])
+  single = jax.jit(stat.update)
+  for i, state in enumerate(states):
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(lambda x: x[i], both),
+                 single(state, data[i]))
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(lambda x: x[i], shared),
+                 single(state, data[0]))
+
+
+def test_update_under_shard_map_equals_per_shard_updates():
+  devices = jax.devices()[:4]
+  data = np.random.default_rng(10).standard_normal((4 * 2_500, 80)).astype(np.float32)
+  stat = quantile.quantile_sketch(80, k=512, num_levels=3)
+  mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+  spec = jax.sharding.PartitionSpec
+  per_shard = jax.jit(jax.shard_map(
+      lambda xs: jax.tree.map(lambda a: a[None], stat.update(stat.init(), xs)),
+      mesh=mesh, in_specs=spec("data"), out_specs=spec("data"), check_vma=False))(data)
+  single = jax.jit(stat.update)
+  for i, xs in enumerate(np.split(data, 4)):
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(lambda x: x[i], per_shard),
+                 single(stat.init(), xs))
