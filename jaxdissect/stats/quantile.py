@@ -39,11 +39,15 @@ import os
 from typing import Callable, NamedTuple
 
 import jax
-from jax.experimental.buffer_callback import buffer_callback
 import jax.numpy as jnp
 import numpy as np
 
 from jaxdissect.stats.base import Stat
+
+try:  # an experimental jax API: without it the CPU runs the jnp kernels too (slower, same state)
+  from jax.experimental.buffer_callback import buffer_callback  # pylint: disable=g-import-not-at-top
+except ImportError:  # pragma: no cover - depends on the installed jax
+  buffer_callback = None
 
 EMPTY = np.iinfo(np.int32).max  # key of a hole or free slot; larger than the key of +inf
 
@@ -232,6 +236,8 @@ def _device_compact(keys, src, n, offset, dst, at):
 
 def _numpy_on_cpu(host: Callable, device: Callable, *args):
   """`host(*args)` when lowering for the CPU backend, `device(*args)` for any other."""
+  if buffer_callback is None:
+    return device(*args)
   return jax.lax.platform_dependent(*args, cpu=host, default=device)
 
 
