@@ -507,14 +507,15 @@ def bench_scaling() -> dict:
   batch = _SCALING_BATCH.value
   out = {"n": _SCALING_N.value, "batch": batch, "forced_cpu": jax.default_backend() == "cpu",
          "devices": [], "wall_s": [], "peak_rss_bytes": [], "identical_to_first": []}
+  args = ["--quiet", "--images=false", "--layers", "layer4", "--n", str(_SCALING_N.value),
+          "--batch_size", str(batch), "--forward_chunk", str(batch // max(counts)), "--fresh"]
+  out["command"] = " ".join(["python -m experiments.dissect --outdir TMP", *args])
   with tempfile.TemporaryDirectory() as tmp:
     first = None
     for count in counts:
       outdir = os.path.join(tmp, str(count))
-      cmd = [sys.executable, "-m", "experiments.dissect", "--quiet", "--images=false",
-             "--outdir", outdir, "--layers", "layer4", "--n", str(_SCALING_N.value),
-             "--batch_size", str(batch), "--devices", str(count),
-             "--forward_chunk", str(batch // max(counts)), "--fresh"]
+      cmd = [sys.executable, "-m", "experiments.dissect", "--outdir", outdir, *args,
+             "--devices", str(count)]
       rss, seconds = peak_rss(cmd, root, env)
       with open(os.path.join(outdir, "dissect.json"), "rb") as f:
         written = f.read()
@@ -524,7 +525,6 @@ def bench_scaling() -> dict:
       for key, value in (("devices", count), ("wall_s", seconds), ("peak_rss_bytes", rss),
                          ("identical_to_first", written == first)):
         out[key].append(value)
-    out["command"] = " ".join(["python"] + cmd[1:6] + ["TMP"] + cmd[7:-5] + cmd[-3:])
   return out
 
 

@@ -500,22 +500,32 @@ def sharded_step_fn(gen: Generator, seg: Segmenter, config: Config, shapes: Shap
     first = sharding.replicate(mesh, np.int32(int(start)))
     if rows == config.batch_size:
       return full(state, sharding.shard_rows(mesh, z), first)
-    padded = np.zeros((config.batch_size, *z.shape[1:]), z.dtype)
-    padded[:rows] = z
-    return short_fn(rows)(state, sharding.shard_rows(mesh, padded), first)
+    return short_fn(rows)(state, sharding.shard_rows(mesh, _padded(z, config.batch_size)), first)
 
   return step
 
 
+def _padded(z: np.ndarray, size: int) -> np.ndarray:
+  """A short batch padded with zero rows to `size`: one compiled shape for every batch."""
+  padded = np.zeros((size, *z.shape[1:]), z.dtype)
+  padded[:z.shape[0]] = z
+  return padded
+
+
+def _device_acts(run: Run, z: np.ndarray) -> dict[str, jax.Array]:
+  """Device activations of a warmup batch (on a mesh: padded to the batch size, sharded; the
+  padding's activations follow the batch's rows)."""
+  if run.mesh is None:
+    return run.generate(jnp.asarray(z))
+  return run.generate(sharding.shard_rows(run.mesh, _padded(z, run.config.batch_size)))
+
+
 def _warmup_acts(run: Run, z: np.ndarray) -> dict[str, np.ndarray]:
   """Host activations of a warmup batch (gathered from every device and process)."""
+  acts = _device_acts(run, z)
   if run.mesh is None:
-    return jax.device_get(run.generate(jnp.asarray(z)))
-  rows = z.shape[0]
-  padded = np.zeros((run.config.batch_size, z.shape[1]), np.float32)
-  padded[:rows] = z  # one compiled shape; the padding's activations are dropped
-  acts = run.generate(sharding.shard_rows(run.mesh, padded))
-  return {layer: sharding.gather_rows(a)[:rows] for layer, a in acts.items()}
+    return jax.device_get(acts)
+  return {layer: sharding.gather_rows(a)[:z.shape[0]] for layer, a in acts.items()}
 
 
 def place_state(run: Run, state: State) -> State:
@@ -578,19 +588,18 @@ def device_warmup_brackets(run: Run, zs) -> dict[str, Any]:
   """
   config, shapes = run.config, run.shapes
   zs = [np.asarray(z, np.float32) for z in zs]
-  total_images = sum(len(z) for z in zs)
-  pixels = shapes.seg_size[0] * shapes.seg_size[1]
+  q = float(config.threshold)
+  total = sum(len(z) for z in zs) * shapes.seg_size[0] * shapes.seg_size[1]
+  keep = _tail_ranks(total, q)[1]
   replicated = None if run.mesh is None else NamedSharding(run.mesh, P())
-  kept, bad = {}, {}
+  place = jnp.asarray if run.mesh is None else functools.partial(sharding.replicate, run.mesh)
+  kept = {layer: place(np.full((shapes.layers[layer][2], keep), -np.inf, np.float32))
+          for layer in config.layers}
+  bad = {layer: place(np.zeros(shapes.layers[layer][2], np.int32)) for layer in config.layers}
   for z in zs:
     acts = _device_acts(run, z)
+    fold = _fold_largest(shapes.seg_size, len(z), replicated)
     for layer in config.layers:
-      units = shapes.layers[layer][2]
-      keep = _tail_ranks(total_images * pixels, float(config.threshold))[1]
-      if layer not in kept:
-        kept[layer] = _filled((units, keep), -np.inf, replicated)
-        bad[layer] = _filled((units,), 0, replicated, np.int32)
-      fold = _fold_largest(shapes.seg_size, len(z), replicated)
       kept[layer], bad[layer] = fold(kept[layer], bad[layer], acts[layer])
   brackets = {}
   for layer in config.layers:
@@ -599,25 +608,8 @@ def device_warmup_brackets(run: Run, zs) -> dict[str, Any]:
       units = np.nonzero(nonfinite)[0]
       raise FloatingPointError(f"{layer}: non-finite activations in units {units[:10].tolist()}; "
                                "dissection needs finite ones")
-    brackets[layer] = _bracket_of_largest(_local_copy(kept[layer]), total_images * pixels,
-                                          float(config.threshold))
+    brackets[layer] = _bracket_of_largest(_local_copy(kept[layer]), total, q)
   return brackets
-
-
-def _device_acts(run: Run, z: np.ndarray) -> dict[str, jax.Array]:
-  """Device activations of a warmup batch (on a mesh: padded to the batch size, sharded)."""
-  if run.mesh is None:
-    return run.generate(jnp.asarray(z))
-  padded = np.zeros((run.config.batch_size, z.shape[1]), np.float32)
-  padded[:len(z)] = z
-  return run.generate(sharding.shard_rows(run.mesh, padded))
-
-
-def _filled(shape, value, replicated, dtype=np.float32) -> jax.Array:
-  if replicated is None:
-    return jnp.full(shape, value, dtype)
-  return jax.make_array_from_callback(shape, replicated,
-                                      lambda index: np.full(shape, value, dtype)[index])
 
 
 def _local_copy(x: jax.Array) -> np.ndarray:
