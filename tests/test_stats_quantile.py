@@ -193,16 +193,19 @@ def _run(data, batches, **kw):
   return state, jax.jit(stat.merge)(state, update(stat.init(), data[:len(data) // batches]))
 
 
-def test_numpy_and_jnp_kernels_give_identical_states(monkeypatch):
+@pytest.mark.parametrize("rows,num_levels", [(1_301, 3), (2_560, 5)],
+                         ids=["short-blocks", "full-blocks-raw-jump-3"])
+def test_numpy_and_jnp_kernels_give_identical_states(monkeypatch, rows, num_levels):
   """The CPU kernels (numpy sort, threads over units) and the jnp ones write the same entries,
-  through thinning (shift > 0), odd fills (holes), non-finite values and a merge."""
+  through thinning (shift > 0), odd fills (holes), non-finite values and a merge: with short
+  blocks appended raw to level 0, and with full blocks thinned straight to level 3."""
   rng = np.random.default_rng(8)
-  data = rng.standard_normal((6 * 1_301, 64)).astype(np.float32)  # 64 units: two threads
+  data = rng.standard_normal((6 * rows, 64)).astype(np.float32)  # 64 units: two threads
   data[rng.integers(0, len(data), 40), rng.integers(0, 64, 40)] = np.nan
   data[rng.integers(0, len(data), 10), 3] = -np.inf
-  host = _run(data, 6, k=128, num_levels=3, seed=3)
+  host = _run(data, 6, k=128, num_levels=num_levels, seed=3)
   _device_only(monkeypatch)
-  device = _run(data, 6, k=128, num_levels=3, seed=3)
+  device = _run(data, 6, k=128, num_levels=num_levels, seed=3)
   assert int(host[0].shift) >= 3  # the thinning path ran
   for h, d in zip(host, device):
     jax.tree.map(np.testing.assert_array_equal, h, d)

@@ -274,6 +274,30 @@ def test_iou_nonfinite_and_bad_labels_are_counted_not_mixed_in():
   np.testing.assert_array_equal(state.concept, concept)
 
 
+def test_iou_blocked_counts_cover_every_pixel_block_and_tail():
+  """The CPU loop over 512-pixel blocks (two full blocks and a tail here) and the one-matmul
+  path of other backends give numpy's counts, with non-finite values in a later block and in
+  the tail counted, not tallied."""
+  from jaxdissect.stats import iou  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(11)
+  acts, labels, thr = _acts(rng, 40), _labels(rng, 40), _thresholds()  # 1200 pixels
+  flat = acts.reshape(-1, U)
+  flat[700, 2], flat[1100, 4], flat[1199, 3] = np.nan, np.inf, -np.inf
+  acts = flat.reshape(acts.shape)
+  state = _run(iou_tally(U, K), [(acts, thr, labels)])
+  inter, active, concept, _ = _ref_iou_counts(acts, thr, labels)
+  np.testing.assert_array_equal(state.intersection, inter)
+  np.testing.assert_array_equal(state.active, active)
+  np.testing.assert_array_equal(state.concept, concept)
+  np.testing.assert_array_equal(state.nonfinite, [0, 0, 1, 1, 1])
+  columns = jnp.asarray(_ref_has(labels).reshape(-1, K))
+  looped = jax.jit(iou._on_counts_looped)(flat, thr, columns)
+  batched = jax.jit(iou._on_counts_batched)(flat, thr, columns)
+  for a, b in zip(looped, batched, strict=True):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(looped[0][:, 1:], inter[:, 1:])
+
+
 def test_iou_streaming_properties():
   rng = np.random.default_rng(5)
   acts, labels = _acts(rng, 12).reshape(3, B, H, W, U), _labels(rng, 12).reshape(3, B, H, W, D)

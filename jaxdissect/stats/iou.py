@@ -87,28 +87,75 @@ def multi_hot(labels: jax.Array, num_concepts: int) -> jax.Array:
   return hot
 
 
-def _count_matmul(a: jax.Array, b: jax.Array, block_rows: int = 16384) -> jax.Array:
-  """`[P, X]` 0/1 by `[P, Y]` 0/1 -> `[X, Y]` int32 co-occurrence counts (exact for any P).
+def _on_counts(acts: jax.Array, thresholds: jax.Array,
+               columns: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Counts of "unit on" (`acts` `[P, U]` finite and above `thresholds` `[U]`) against 0/1
+  `columns` `[P, C]`: `[U, C]` int32 co-occurrences (exact for any P) and the `[U]` int32
+  non-finite activations.
 
-  The contraction over P is cut into blocks of about `block_rows` pixels: one batched matmul
-  over the blocks, each block's counts (exact in float32 below 2**24) summed in int32. XLA's CPU
-  dot runs one long contraction about three times slower than these blocks. With the narrow
-  operand (concepts) on the left, as `(b^T a)^T`.
+  Both ways count 0/1 products with float32 matmuls over pixel blocks (exact below 2**24 per
+  block) summed in int32, so they agree bit for bit. On the CPU the thresholding runs block by
+  block inside a loop, so the `[P, U]` indicator never leaves the cache (materialising it costs
+  more than the matmul), and non-finite values, which are rare, are only counted when a block
+  flags one (XLA's CPU reduction over the pixel axis costs several times the matmul). Elsewhere
+  one batched matmul over all blocks keeps the accelerator busy.
   """
-  rows = a.shape[0]
-  blocks = _largest_divisor_at_most(rows, max(1, rows // block_rows))
+  return jax.lax.platform_dependent(acts, thresholds, columns, cpu=_on_counts_looped,
+                                    default=_on_counts_batched)
+
+
+def _on(acts: jax.Array, thresholds: jax.Array) -> jax.Array:
+  """0/1 float32 "on" indicator: above the threshold and finite (NaN compares False)."""
+  return ((acts > thresholds) & (acts < jnp.inf)).astype(jnp.float32)
+
+
+def _nonfinite(acts: jax.Array) -> jax.Array:
+  return jnp.sum(~jnp.isfinite(acts), axis=0, dtype=jnp.int32)
+
+
+def _block_counts(on: jax.Array, columns: jax.Array) -> jax.Array:
+  """`[p, U]` by `[p, C]` 0/1 -> `[U, C]` int32, the narrow operand on the left as XLA's CPU dot
+  prefers."""
+  prod = jnp.dot(columns.astype(jnp.float32).T, on, precision=jax.lax.Precision.HIGHEST,
+                 preferred_element_type=jnp.float32)
+  return prod.astype(jnp.int32).T
+
+
+def _on_counts_looped(acts, thresholds, columns, block: int = 1024):
+  rows = acts.shape[0]
+  block = min(block, rows)
+  steps = rows // block
+
+  def counts(a, c):
+    return _block_counts(_on(a, thresholds), c), ~jnp.all(jnp.isfinite(a))
+
+  def body(i, carry):
+    start = i * block
+    total, flag = counts(jax.lax.dynamic_slice_in_dim(acts, start, block),
+                         jax.lax.dynamic_slice_in_dim(columns, start, block))
+    return carry[0] + total, carry[1] | flag
+
+  # The first block starts the carry, so it has the inputs' type also inside `shard_map`.
+  carry = jax.lax.fori_loop(1, steps, body, counts(acts[:block], columns[:block]))
+  total, flag = carry
+  if rows > steps * block:
+    tail, tail_flag = counts(acts[steps * block:], columns[steps * block:])
+    total, flag = total + tail, flag | tail_flag
+  nonfinite = jax.lax.cond(flag, lambda: _nonfinite(acts), lambda: jnp.zeros_like(total[:, 0]))
+  return total, nonfinite
+
+
+def _on_counts_batched(acts, thresholds, columns, block_rows: int = 16384):
+  rows = acts.shape[0]
+  blocks = max(d for d in range(1, min(rows, max(1, rows // block_rows)) + 1) if rows % d == 0)
   prod = jnp.einsum(
       "cpy,cpx->cyx",
-      b.astype(jnp.float32).reshape(blocks, rows // blocks, -1),
-      a.astype(jnp.float32).reshape(blocks, rows // blocks, -1),
+      columns.astype(jnp.float32).reshape(blocks, rows // blocks, -1),
+      _on(acts, thresholds).reshape(blocks, rows // blocks, -1),
       precision=jax.lax.Precision.HIGHEST,
       preferred_element_type=jnp.float32,
   )
-  return prod.astype(jnp.int32).sum(axis=0).T
-
-
-def _largest_divisor_at_most(n: int, limit: int) -> int:
-  return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+  return prod.astype(jnp.int32).sum(axis=0).T, _nonfinite(acts)
 
 
 def _category_onehot(category_of: np.ndarray, num_categories: int) -> jax.Array:
@@ -127,8 +174,6 @@ def _batch_tally(
   b, h, w, num_units = acts.shape
   num_concepts, num_categories = cat_onehot.shape
   acts = acts.reshape(b * h * w, num_units)
-  finite = jnp.isfinite(acts)
-  on = finite & (acts > thresholds)  # [P, U]
   has = multi_hot(labels.reshape(b, h * w, -1), num_concepts)  # [B, HW, K]
   has_concept = has & (jnp.arange(num_concepts) > 0)
   present = jnp.any(has, axis=1)  # [B, K], label 0 included (category presence rule)
@@ -140,7 +185,7 @@ def _batch_tally(
       jnp.ones((b, h * w, 1), bool),
       jnp.broadcast_to(cat_present[:, None, :], (b, h * w, num_categories)),
   ], axis=-1).reshape(b * h * w, -1)
-  counts = _count_matmul(on, columns)  # [U, K + 1 + G]
+  counts, nonfinite = _on_counts(acts, thresholds, columns)  # [U, K + 1 + G], [U]
   return IouState(
       intersection=counts[:, :num_concepts],
       active=counts[:, num_concepts],
@@ -151,7 +196,7 @@ def _batch_tally(
       category_of=category_of,
       category_active=counts[:, num_concepts + 1:],
       category_pixels=h * w * jnp.sum(cat_present, axis=0, dtype=jnp.int32),
-      nonfinite=jnp.sum(~finite, axis=0, dtype=jnp.int32),
+      nonfinite=nonfinite,
       bad_labels=count_bad_labels(labels, num_concepts),
   )
 

@@ -8,24 +8,29 @@ KLL, laid out with static shapes so the whole update is one XLA program:
 * `J` levels, each a buffer of `2k` slots per unit. An item on level `j` stands for
   `2**(j + shift)` stream values. All units see the same number of rows, so fills are scalars and
   control flow is shared; only values differ per unit.
-* A batch is cut into blocks of at most `k` rows. While `shift == 0` a block is appended to level 0
-  as is; once `shift > 0` it is first sorted and thinned to every `2**shift`-th value from a random
-  offset (the same as `shift` compactions done at once).
+* A batch is cut into blocks of at most `k` rows. A short block (small batches) goes to level 0:
+  as is while `shift == 0`, so short streams stay exact; once `shift > 0` first sorted and thinned
+  to every `2**shift`-th value from a random offset (the same as `shift` compactions at once).
 * When a level holds `k` or more items it is *compacted*: sorted, and every other item from a
   random offset moves one level up (weights double). For any query value this changes the rank by
-  at most one item's weight and by zero in expectation.
-* When the top level is full, the sketch *expands*: level 0 is compacted into level 1, the levels
+  at most one item's weight and by zero in expectation. Raw values are the exception: level 0
+  compacts straight to the level of weight `2**raw_jump` (every `2**raw_jump`-th item), and a
+  full block (`k` rows) is sorted and thinned to that weight as it arrives. Each value is then
+  sorted about 1.25 times instead of twice (`1 + 1/2 + 1/4 + ...`), for a modestly larger rank
+  error (`quantile_sketch`'s `raw_jump`).
+* When the top level is full, the sketch *expands*: level 0 is compacted upwards, the levels
   move down one slot and `shift` grows by one. Memory therefore never grows with the stream.
 
 Speed comes from never moving the `[J, U, 2k]` level array as a whole: levels sit in a ring
 (logical level `l` lives in slot `(base + l) % J`, so expanding only bumps `base`), slots past a
 level's fill are stale and ignored rather than cleared, and the two heavy steps (turning a raw
-block into level-0 items, and compacting a level) write straight into that array. On the CPU
-backend they are numpy code run through `buffer_callback` on XLA's own buffers, the level array
-aliased in place (`pure_callback` copies operands and results, which costs as much as the sort),
-with the units split over one thread per core: numpy's SIMD sort is about 7x faster than XLA's
-CPU sort, and its blocked transpose beats XLA's fused transpose-and-reduce. Other backends run the
-same steps in jnp; both paths write the same entries, so states are bit-identical.
+block into items, and compacting a level) write straight into that array. On the CPU backend
+they are numpy code run through `buffer_callback` on XLA's own buffers, the level array aliased
+in place (`pure_callback` copies operands and results, which costs as much as the sort), working
+through the units in cache-sized pieces (transpose, keys, sort, pick) with one thread per core:
+numpy's SIMD sort is about 7x faster than XLA's CPU sort. Other backends run the same steps in
+jnp; both paths write the same entries, so states are bit-identical. Jit `update` with
+`donate_argnums=0` in a streaming loop: otherwise XLA copies the level array on every call.
 
 Values are stored as order-preserving int32 keys. Non-finite inputs are counted in `nonfinite` and
 left out, never mixed into quantiles. Rank error is below 1e-3 at the default size on adversarial
@@ -34,8 +39,8 @@ streams (see `tests/test_stats_quantile.py`); min and max are tracked exactly.
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
+import threading
 from typing import Callable, NamedTuple
 
 import jax
@@ -105,18 +110,32 @@ _KEY_NEG_INF = int(np.float32(-np.inf).view(np.int32)) ^ 0x7FFFFFFF  # between t
 def _in_parallel(fn: Callable[[slice], None], num_units: int) -> None:
   """Runs `fn` on slices of the units, one per CPU core (numpy releases the GIL in its loops).
 
-  The threads live only for the call (starting them costs microseconds against milliseconds of
-  sorting), so the module holds no pool between calls.
+  The caller's thread takes the first slice and a plain thread each of the others; they live
+  only for the call (starting one costs microseconds against milliseconds of sorting), so the
+  module holds no pool between calls. An exception in any slice is raised here.
   """
   cores = min(os.cpu_count() or 1, 8)
   if cores == 1 or num_units < 64:
     fn(slice(0, num_units))
     return
-  step = -(-num_units // cores)
+  step = -(-num_units // cores // _CHUNK) * _CHUNK  # whole chunks keep pieces aligned
   chunks = [slice(lo, min(lo + step, num_units)) for lo in range(0, num_units, step)]
-  with concurrent.futures.ThreadPoolExecutor(len(chunks), thread_name_prefix="sketch") as pool:
-    for future in [pool.submit(fn, c) for c in chunks]:
-      future.result()
+  errors = []
+
+  def run(chunk: slice) -> None:
+    try:
+      fn(chunk)
+    except BaseException as e:  # pylint: disable=broad-exception-caught
+      errors.append(e)
+
+  threads = [threading.Thread(target=run, args=(c,), name="sketch") for c in chunks[1:]]
+  for thread in threads:
+    thread.start()
+  run(chunks[0])
+  for thread in threads:
+    thread.join()
+  if errors:
+    raise errors[0]
 
 
 def _lead(out: np.ndarray, *args) -> tuple[tuple[int, ...], list[np.ndarray]]:
@@ -126,54 +145,116 @@ def _lead(out: np.ndarray, *args) -> tuple[tuple[int, ...], list[np.ndarray]]:
                 for a, nd in args]
 
 
+_CHUNK = 64  # units per piece of numpy work (fewer, larger numpy calls: the GIL is shared)
+_TILE = 4096  # rows per transposing copy (one call per piece at the default block size)
+
+
+def _to_keys_inplace(x: np.ndarray) -> None:
+  """float32 bits (viewed as int32) -> order-preserving keys, as `to_key`."""
+  sign = np.right_shift(x, 31)
+  np.bitwise_and(sign, 0x7FFFFFFF, out=sign)
+  np.bitwise_xor(x, sign, out=x)
+
+
+_QUAD = np.dtype((np.void, 16))  # four float32 moved as one opaque 16-byte element
+
+
+def _transpose_keys(block: np.ndarray, out: np.ndarray) -> None:
+  """Writes the keys of float32 `block` `[b, u]` to `out` `[u, b]`, in cache-sized tiles.
+
+  numpy's transposing copy moves one element per strided load, so when the layout allows, four
+  neighbouring units travel together as one 16-byte element and are split apart afterwards in
+  cache: about twice as fast as moving single floats.
+  """
+  b, u = block.shape
+  if u % 4 == 0 and block.strides[1] == 4 and block.strides[0] % 16 == 0 and (
+      block.ctypes.data % 16 == 0):
+    wide = block.view(_QUAD)
+    quads = np.empty((u // 4, b), _QUAD)
+    for lo in range(0, b, _TILE):
+      quads[:, lo:lo + _TILE] = wide[lo:lo + _TILE].T
+    split = quads.view(np.float32).reshape(u // 4, b, 4).transpose(0, 2, 1)
+    out.view(np.float32).reshape(u // 4, 4, b)[...] = split
+  else:
+    bits = out.view(np.float32)
+    for lo in range(0, b, _TILE):
+      bits[:, lo:lo + _TILE] = block[lo:lo + _TILE].T
+  _to_keys_inplace(out)
+
+
+def _mask_nonfinite(x: np.ndarray, rows: np.ndarray) -> None:
+  """Replaces the keys of non-finite values in `x[rows]` by `EMPTY` (rare: callers check the
+  extremes first)."""
+  sub = x[rows]
+  sub[(sub <= _KEY_NEG_INF) | (sub >= _KEY_POS_INF)] = EMPTY
+  x[rows] = sub
+
+
+def _pick(ordered: np.ndarray, offset: np.ndarray, stride: int, out: np.ndarray) -> None:
+  """`out[u, i] = ordered[u, offset[u] + stride * i]` for the leading `width // stride` slots."""
+  rows, width = ordered.shape
+  groups = width // stride
+  if stride <= 16:  # a strided copy per offset value: several times faster than a gather
+    columns = ordered.reshape(rows, groups, stride)
+    for o in range(stride):
+      chosen = np.flatnonzero(offset == o)
+      if chosen.size:
+        out[chosen, :groups] = columns[chosen, :, o]
+    return
+  start = np.arange(rows, dtype=np.intp) * width + offset
+  index = start[:, None] + np.arange(0, width, stride, dtype=np.intp)[None, :]
+  out[:, :groups] = ordered.reshape(-1)[index]
+
+
 def _numpy_thin(rows: np.ndarray, n: int, offset: np.ndarray, stride: int, out: np.ndarray):
   """`out[u, i]` = `sorted(rows[u, :n])[offset[u] + stride * i]` (`EMPTY` past `n`) for the
   `ceil(n / stride)` leading slots of `out`; later slots are left alone."""
   groups = -(-n // stride)
   if groups == 0:
     return
-  ordered = np.empty((rows.shape[0], groups * stride), np.int32)
-  ordered[:, :n] = rows[:, :n]
-  ordered[:, n:] = EMPTY
-  ordered.sort(axis=-1)
-  ordered = ordered.reshape(rows.shape[0], groups, stride)
-  if stride == 2:
-    out[:, :groups] = np.where(offset[:, None] == 0, ordered[..., 0], ordered[..., 1])
-  else:
-    out[:, :groups] = np.take_along_axis(ordered, offset[:, None, None], axis=2)[..., 0]
-
-
-def _numpy_keys(block: np.ndarray, keys: np.ndarray, stats: np.ndarray) -> None:
-  """Writes the keys `[U', b]` of float32 `block` `[b, U']` (`EMPTY` if non-finite) and, per unit,
-  the finite count, smallest key and largest key (`EMPTY` / int32 min if none) into `stats`."""
-  bits = keys.view(np.float32)
-  for lo in range(0, block.shape[0], 256):  # transposing in cache-sized pieces
-    bits[:, lo:lo + 256] = block[lo:lo + 256].T
-  sign = np.right_shift(keys, 31)
-  np.bitwise_and(sign, 0x7FFFFFFF, out=sign)
-  np.bitwise_xor(keys, sign, out=keys)
-  low, high = keys.min(axis=-1), keys.max(axis=-1)
-  stats[0] = keys.shape[-1]
-  bad = (low <= _KEY_NEG_INF) | (high >= _KEY_POS_INF)
-  if bad.any():  # rare: mask non-finite values in the units that have any
-    sub = keys[bad]
-    nonfinite = (sub <= _KEY_NEG_INF) | (sub >= _KEY_POS_INF)
-    sub[nonfinite] = EMPTY
-    keys[bad] = sub
-    stats[0, bad] -= nonfinite.sum(axis=-1, dtype=np.int32)
-    low[bad] = sub.min(axis=-1)
-    high[bad] = np.where(nonfinite, _LOWEST, sub).max(axis=-1)
-  stats[1], stats[2] = low, high
+  buf = np.empty((min(_CHUNK, rows.shape[0]), groups * stride), np.int32)
+  buf[:, n:] = EMPTY
+  for lo in range(0, rows.shape[0], _CHUNK):
+    hi = min(lo + _CHUNK, rows.shape[0])
+    ordered = buf[:hi - lo]
+    ordered[:, :n] = rows[lo:hi, :n]
+    ordered.sort(axis=-1)
+    _pick(ordered, offset[lo:hi], stride, out[lo:hi])
 
 
 def _numpy_ingest(block, keys, slot, at, stride, offset, stats):
-  """Level-0 items of raw `block` `[b, U']` into `keys[slot, :, at:]`, statistics into `stats`."""
-  if stride == 1:
-    _numpy_keys(block, keys[slot, :, at:at + block.shape[0]], stats)
-    return
-  raw = np.empty((block.shape[1], block.shape[0]), np.int32)
-  _numpy_keys(block, raw, stats)
-  _numpy_thin(raw, raw.shape[1], offset, stride, keys[slot, :, at:])
+  """Level-0 items of raw `block` `[b, U']` into `keys[slot, :, at:]`, and per unit the finite
+  count, smallest key and largest key (`EMPTY` / int32 min if none) into `stats` `[3, U']`.
+
+  Works through the units in cache-sized pieces: transpose to keys, then (with `stride` > 1)
+  sort and pick every `stride`-th, all while the piece is in cache. Non-finite values become
+  `EMPTY` (a hole); they are found from each unit's extremes, so clean data pays no extra pass.
+  """
+  b, units = block.shape
+  groups = -(-b // stride)
+  buf = np.empty((min(_CHUNK, units), groups * stride), np.int32)
+  buf[:, b:] = EMPTY
+  for lo in range(0, units, _CHUNK):
+    hi = min(lo + _CHUNK, units)
+    x = buf[:hi - lo] if stride > 1 else keys[slot, lo:hi, at:at + b]
+    _transpose_keys(block[:, lo:hi], x[:, :b])
+    if stride > 1:
+      x.sort(axis=-1)
+      low, high = x[:, 0], x[:, b - 1]
+    else:
+      low, high = x.min(axis=-1), x.max(axis=-1)
+    bad = np.flatnonzero((low <= _KEY_NEG_INF) | (high >= _KEY_POS_INF))
+    count = np.full((hi - lo,), b, np.int32)
+    if bad.size:
+      _mask_nonfinite(x, bad)
+      count[bad] = (x[bad, :b] != EMPTY).sum(axis=-1, dtype=np.int32)
+      if stride > 1:
+        x[bad] = np.sort(x[bad], axis=-1)
+      low = x[:, :b].min(axis=-1)
+      high = np.where(x[:, :b] == EMPTY, _LOWEST, x[:, :b]).max(axis=-1)
+    stats[:, lo:hi] = count, low, high
+    if stride > 1:
+      _pick(x, offset[lo:hi], stride, keys[slot, lo:hi, at:])
 
 
 def _host_ingest_callback(ctx, outs, keys, blocks, index, slot, at, stride, offset):
@@ -187,13 +268,14 @@ def _host_ingest_callback(ctx, outs, keys, blocks, index, slot, at, stride, offs
                                          stats[i][:, u]), keys.shape[-2])
 
 
-def _host_compact_callback(ctx, out, keys, src, n, offset, dst, at):
+def _host_compact_callback(ctx, out, keys, src, n, offset, stride, dst, at):
   del ctx, keys  # `keys` is aliased to `out`
   keys = np.asarray(out)
-  lead, (src, n, offset, dst, at) = _lead(keys, (src, 0), (n, 0), (offset, 1), (dst, 0), (at, 0))
+  lead, (src, n, offset, stride, dst, at) = _lead(
+      keys, (src, 0), (n, 0), (offset, 1), (stride, 0), (dst, 0), (at, 0))
   for i in np.ndindex(*lead):
     rows, num, target = keys[i][int(src[i])], int(n[i]), keys[i][int(dst[i]), :, int(at[i]):]
-    _in_parallel(lambda u: _numpy_thin(rows[u], num, offset[i][u], 2, target[u]),
+    _in_parallel(lambda u: _numpy_thin(rows[u], num, offset[i][u], int(stride[i]), target[u]),
                  keys.shape[-2])
 
 
@@ -217,8 +299,7 @@ def _write(keys, slot, at, items, count):
 
 
 def _device_ingest(keys, blocks, index, slot, at, stride, offset):
-  block = jax.lax.dynamic_index_in_dim(blocks, index, 0, keepdims=False)
-  raw = to_key(block.T)
+  raw = to_key(jax.lax.dynamic_index_in_dim(blocks, index, 0, keepdims=False).T)
   finite = (raw > _KEY_NEG_INF) & (raw < _KEY_POS_INF)
   raw = jnp.where(finite, raw, EMPTY)
   stats = jnp.stack([finite.sum(-1, dtype=jnp.int32), raw.min(-1),
@@ -228,10 +309,11 @@ def _device_ingest(keys, blocks, index, slot, at, stride, offset):
   return _write(keys, slot, at, items, (b - 1) // stride + 1), stats
 
 
-def _device_compact(keys, src, n, offset, dst, at):
+def _device_compact(keys, src, n, offset, stride, dst, at):
   rows = jax.lax.dynamic_index_in_dim(keys, src, 0, keepdims=False)
   k = keys.shape[-1] // 2
-  return _write(keys, dst, at, _device_thin(rows, n, offset, 2, k), (n + 1) // 2)
+  return _write(keys, dst, at, _device_thin(rows, n, offset, stride, k),
+                (n + stride - 1) // stride)
 
 
 def _numpy_on_cpu(host: Callable, device: Callable, *args):
@@ -259,8 +341,8 @@ def ingest_block(keys: jax.Array, blocks: jax.Array, index, slot, at, stride,
     The new `keys` and `[3, U]` int32 per-unit statistics of the block: finite count, smallest
     key, largest key (`EMPTY` / int32 min when a unit has no finite value).
   """
-  return _numpy_on_cpu(_host_ingest, _device_ingest, keys, blocks, jnp.asarray(index, jnp.int32),
-                       slot, at, stride, offset.astype(jnp.int32))
+  return _numpy_on_cpu(_host_ingest, _device_ingest, keys, blocks,
+                       jnp.asarray(index, jnp.int32), slot, at, stride, offset.astype(jnp.int32))
 
 
 def _host_ingest(keys, blocks, *args):
@@ -270,11 +352,12 @@ def _host_ingest(keys, blocks, *args):
                          input_output_aliases={0: 0})(keys, blocks, *args)
 
 
-def compact_level(keys: jax.Array, src, n, offset: jax.Array, dst, at) -> jax.Array:
-  """Sorts the first `n` items of slot `src` and writes every other one, from `offset` `[U]`
-  (0 or 1 per unit), to `keys[dst, :, at:at + ceil(n / 2)]`, in place. Returns the new `keys`."""
-  return _numpy_on_cpu(_host_compact, _device_compact, keys, src, n, offset.astype(jnp.int32), dst,
-                       at)
+def compact_level(keys: jax.Array, src, n, offset: jax.Array, stride, dst, at) -> jax.Array:
+  """Sorts the first `n` items of slot `src` and writes every `stride`-th one, from `offset`
+  `[U]` (in `[0, stride)` per unit), to `keys[dst, :, at:at + ceil(n / stride)]`, in place.
+  Returns the new `keys`."""
+  return _numpy_on_cpu(_host_compact, _device_compact, keys, src, n, offset.astype(jnp.int32),
+                       stride, dst, at)
 
 
 def _host_compact(keys, *args):
@@ -296,24 +379,34 @@ def _slot(state: QuantileState, level) -> jax.Array:
   return (state.base + level) % state.keys.shape[0]
 
 
-def _compact(state: QuantileState, level, expand) -> QuantileState:
-  """Moves every other item (random offset per unit) of logical `level` up one level.
+def _jump(state: QuantileState, level, raw_jump: int) -> jax.Array:
+  """Levels a compaction of logical `level` moves its items up: `raw_jump - shift` for level 0
+  while that is above 1 (so level-0 items always land at weight `2**raw_jump` or more), else 1."""
+  return jnp.where(level == 0, jnp.maximum(raw_jump - state.shift, 1), 1)
+
+
+def _compact(state: QuantileState, level, expand, raw_jump: int) -> QuantileState:
+  """Moves every `2**jump`-th item (random offset per unit) of logical `level` up `jump` levels
+  (`_jump`; usually one: every other item, one level up).
 
   With `expand` (then `level` is 0) the emptied slot becomes the new top level: `base` and `shift`
   grow by one, so every level moves down one slot and keeps its items' weights.
   """
   state, sub = _split(state)
-  src, dst = _slot(state, level), _slot(state, level + 1)
+  jump = _jump(state, level, raw_jump)
+  stride = jnp.left_shift(jnp.int32(1), jump)
+  src, dst = _slot(state, level), _slot(state, level + jump)
   n = state.fill[src]
-  offset = jax.random.bernoulli(sub, 0.5, (state.keys.shape[1],)).astype(jnp.int32)
-  keys = compact_level(state.keys, src, n, offset, dst, state.fill[dst])
-  fill = state.fill.at[src].set(0).at[dst].add((n + 1) // 2)  # an odd leftover may be a hole
+  offset = jax.random.randint(sub, (state.keys.shape[1],), 0, stride, dtype=jnp.int32)
+  keys = compact_level(state.keys, src, n, offset, stride, dst, state.fill[dst])
+  # A leftover short of a full stride may pick a hole.
+  fill = state.fill.at[src].set(0).at[dst].add((n + stride - 1) // stride)
   expand = jnp.asarray(expand, jnp.int32)
   return state._replace(keys=keys, fill=fill, base=(state.base + expand) % state.keys.shape[0],
                         shift=state.shift + expand)
 
 
-def _resolve(state: QuantileState) -> QuantileState:
+def _resolve(state: QuantileState, raw_jump: int) -> QuantileState:
   """Compacts until no level holds `k` or more items, always the highest full level first.
 
   Working from the top keeps the invariant that a compaction's target level is not full, so a
@@ -326,25 +419,33 @@ def _resolve(state: QuantileState) -> QuantileState:
     logical_fill = s.fill[(s.base + jnp.arange(num_levels)) % num_levels]
     j = num_levels - 1 - jnp.argmax(logical_fill[::-1] >= k)
     expand = j == num_levels - 1
-    return _compact(s, jnp.where(expand, 0, j), expand)
+    return _compact(s, jnp.where(expand, 0, j), expand, raw_jump)
 
   return jax.lax.while_loop(lambda s: jnp.any(s.fill >= k), step, state)
 
 
-def _push_block(carry, blocks: jax.Array, index):
+def _push_block(carry, blocks: jax.Array, index, raw_jump: int):
   """Folds the raw values `blocks[index]` (`[b, U]`) into the sketch and into the running
-  count / min key / max key: at level-0 weight (every `2**shift`-th sorted value from a random
-  offset, all of them while `shift == 0`) into level 0, then resolves."""
+  count / min key / max key, then resolves.
+
+  A short block (`b < k`, small batches) goes to level 0 at level-0 weight: every
+  `2**shift`-th sorted value from a random offset, all of them (unsorted) while `shift == 0`,
+  so short streams stay exact. A full block (`b == k`) is sorted and thinned to every
+  `2**max(shift, raw_jump)`-th value straight away, onto the level of that weight: what a
+  compaction of level 0 would do to it anyway, in one pass over the values instead of two.
+  """
   state, count, low, high = carry
   _, b, num_units = blocks.shape
   state, sub = _split(state)
-  stride = jnp.left_shift(jnp.int32(1), state.shift)
+  full = b == state.keys.shape[-1] // 2
+  level = jnp.maximum(raw_jump - state.shift, 0) if full else jnp.int32(0)
+  stride = jnp.left_shift(jnp.int32(1), state.shift + level)
   offset = jax.random.randint(sub, (num_units,), 0, stride, dtype=jnp.int32)
-  slot = _slot(state, 0)
+  slot = _slot(state, level)
   keys, stats = ingest_block(state.keys, blocks, index, slot, state.fill[slot], stride, offset)
   state = state._replace(keys=keys, fill=state.fill.at[slot].add((b - 1) // stride + 1))
   count, low, high = count + stats[0], jnp.minimum(low, stats[1]), jnp.maximum(high, stats[2])
-  return _resolve(state), count, low, high
+  return _resolve(state, raw_jump), count, low, high
 
 
 def _block_size(rows: int, k: int) -> tuple[int, int]:
@@ -353,21 +454,33 @@ def _block_size(rows: int, k: int) -> tuple[int, int]:
   return n, -(-rows // n)
 
 
-def quantile_sketch(num_units: int, k: int = 4096, num_levels: int = 8, seed: int = 0) -> Stat:
+def quantile_sketch(num_units: int, k: int = 4096, num_levels: int = 8, seed: int = 0,
+                    raw_jump: int | None = None) -> Stat:
   """A per-unit quantile sketch with rank error well under 1e-3 at the default size.
 
   Args:
     num_units: U, the number of columns (units) sketched side by side.
     k: level capacity; memory is `num_levels * 2k` int32 per unit, the rank error scales ~1/k.
-    num_levels: J >= 2 levels before the sketch starts thinning its input.
+    num_levels: J >= 3 levels before the sketch starts thinning its input.
     seed: seed of the compaction offsets (results are deterministic given it).
+    raw_jump: how many levels a compaction of raw values (level 0 before any expansion) moves
+      them up at once, keeping every `2**raw_jump`-th: each value is sorted about 1.25 times
+      instead of twice. The price is some rank error (the low levels weigh little, but their
+      memory sits idle until the sketch has expanded `raw_jump` times): up to 2x on the test
+      streams at 10^6 values, still under half the 1e-3 bound. 1 is the plain one-level
+      compactor; default `min(3, num_levels - 2)`.
 
   Returns:
     A `Stat`: `update(state, x)` takes `x` of shape `[..., U]` (every leading index is one
     observation per unit); `result(state, q)` returns `[len(q), U]` quantiles for `q` in [0, 1].
   """
-  if num_levels < 2:
-    raise ValueError(f"num_levels must be >= 2, got {num_levels}")
+  if num_levels < 3:
+    raise ValueError(f"num_levels must be >= 3, got {num_levels}")
+  if raw_jump is None:
+    raw_jump = min(3, num_levels - 2)
+  if not 1 <= raw_jump <= num_levels - 2:  # an expansion must never compact into the top level
+    raise ValueError(f"raw_jump must be in [1, num_levels - 2] = [1, {num_levels - 2}], "
+                     f"got {raw_jump}")
   if k < 2 or k % 2:
     raise ValueError(f"k must be an even number >= 2, got {k}")
 
@@ -400,9 +513,9 @@ def quantile_sketch(num_units: int, k: int = 4096, num_levels: int = 8, seed: in
     high = jnp.full((num_units,), _LOWEST, jnp.int32)
     carry = (state, state.count, low, high)
     if n == 1:
-      carry = _push_block(carry, blocks, 0)
+      carry = _push_block(carry, blocks, 0, raw_jump)
     else:
-      carry = jax.lax.fori_loop(0, n, lambda i, c: _push_block(c, blocks, i), carry)
+      carry = jax.lax.fori_loop(0, n, lambda i, c: _push_block(c, blocks, i, raw_jump), carry)
     state, count, low, high = carry
     return state._replace(
         count=count,
@@ -416,13 +529,14 @@ def quantile_sketch(num_units: int, k: int = 4096, num_levels: int = 8, seed: in
     if a.keys.shape != b.keys.shape:
       raise ValueError(f"cannot merge sketches of shapes {a.keys.shape} and {b.keys.shape}")
     catch_up = lambda s, t: jax.lax.while_loop(  # noqa: E731
-        lambda u: u.shift < t.shift, lambda u: _resolve(_compact(u, 0, True)), s)
+        lambda u: u.shift < t.shift, lambda u: _resolve(_compact(u, 0, True, raw_jump), raw_jump),
+        s)
     a, b = catch_up(a, b), catch_up(b, a)
     for j in range(num_levels):  # b is settled, so every level of b holds fewer than k items
       src, dst = _slot(b, j), _slot(a, j)
       items = jax.lax.dynamic_index_in_dim(b.keys, src, 0, keepdims=False)[:, :k]
       keys = _write(a.keys, dst, a.fill[dst], items, b.fill[src])
-      a = _resolve(a._replace(keys=keys, fill=a.fill.at[dst].add(b.fill[src])))
+      a = _resolve(a._replace(keys=keys, fill=a.fill.at[dst].add(b.fill[src])), raw_jump)
     rng = jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(a.rng), 1))
     return a._replace(
         count=a.count + b.count,
