@@ -112,15 +112,17 @@ _MEMORY_N = flags.DEFINE_list("memory_n", ["1000", "10000"],
                               "Image counts whose dissection peak RSS is compared.")
 
 
+def _once(fn, *args) -> float:
+  """Wall seconds of one call of `fn(*args)`."""
+  start = time.perf_counter()
+  jax.block_until_ready(fn(*args))
+  return time.perf_counter() - start
+
+
 def timed(fn, *args, repeats: int) -> float:
   """Median wall seconds of `fn(*args)` after one warm-up call (which also compiles)."""
   jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
+  return float(np.median([_once(fn, *args) for _ in range(repeats)]))
 
 
 def proggan_flops(sizes) -> float:
@@ -141,12 +143,6 @@ def stats_stream(batch: int, key: jax.Array):
   acts = jax.image.resize(raw, (batch, 64, 64, 512), "linear")
   labels = jax.random.randint(k2, (batch, 64, 64, 2), 0, _CONCEPTS.value, jnp.int32)
   return acts, labels
-
-
-def _once(fn, *args) -> float:
-  start = time.perf_counter()
-  jax.block_until_ready(fn(*args))
-  return time.perf_counter() - start
 
 
 def bench_stats(repeats: int) -> dict:
@@ -255,7 +251,7 @@ def markdown(r: dict) -> str:
   gen = r["generator_s_per_image"]
   sub = f"1/{r['subsample_stride']**2}"
   rows = [
-      ("ProgGAN-256 forward (random weights, LSUN sizes)", gen, "1.00"),
+      ("ProgGAN-256 forward (random weights, LSUN sizes)", gen, None),
       ("quantile sketch, every pixel, first batches", r["sketch_first_s_per_image"], None),
       (f"quantile sketch, every pixel, steady state ({r['steady_images']} images in, "
        f"shift {r['steady_shift']})", r["sketch_steady_s_per_image"], None),
@@ -269,8 +265,7 @@ def markdown(r: dict) -> str:
   ]
   lines = ["| stage | ms / image | x generator |", "|---|---:|---:|"]
   for name, t, ratio in rows:
-    shown = ratio if isinstance(ratio, str) else f"{ratio if ratio is not None else t / gen:.3f}"
-    lines.append(f"| {name} | {t * 1e3:.1f} | {shown} |")
+    lines.append(f"| {name} | {t * 1e3:.1f} | {t / gen if ratio is None else ratio:.3f} |")
   lines.append("")
   lines.append(f"Medians of {len(r['rounds'])} interleaved rounds; the two bold ratios are "
                "medians of per-round ratios.")

@@ -147,7 +147,7 @@ def _on_counts_looped(acts, thresholds, columns, block: int = 1024):
 
 def _on_counts_batched(acts, thresholds, columns, block_rows: int = 16384):
   rows = acts.shape[0]
-  blocks = max(d for d in range(1, min(rows, max(1, rows // block_rows)) + 1) if rows % d == 0)
+  blocks = _largest_divisor_at_most(rows, max(1, rows // block_rows))
   prod = jnp.einsum(
       "cpy,cpx->cyx",
       columns.astype(jnp.float32).reshape(blocks, rows // blocks, -1),
@@ -156,6 +156,10 @@ def _on_counts_batched(acts, thresholds, columns, block_rows: int = 16384):
       preferred_element_type=jnp.float32,
   )
   return prod.astype(jnp.int32).sum(axis=0).T, _nonfinite(acts)
+
+
+def _largest_divisor_at_most(n: int, limit: int) -> int:
+  return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
 
 
 def _category_onehot(category_of: np.ndarray, num_categories: int) -> jax.Array:
