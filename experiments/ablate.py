@@ -14,9 +14,9 @@ sample) and measures the share of the concept's pixels removed, with 99% confide
 Writes `ablation-<concept>.json` (inputs, unit lists, every measured number) and
 `ablation-<concept>.svg` (the curves) into the dissection folder.
 
-`--mask stroke.png` (white = inside, drawn at the generated image's size) confines every
-ablation to the stroke (pooled to the layer's grid by `--mask_pooling`) and measures the concept
-inside it only.
+`--mask stroke.png` (opaque pixels of a PNG with alpha, as the paint page saves strokes, else
+white ones; drawn at the generated image's size) confines every ablation to the stroke (pooled to
+the layer's grid by `--mask_pooling`) and measures the concept inside it only.
 
 `--units 12,40,7` instead measures one unit set: the average causal effect on every concept of
 ablating it and of inserting it (at `--insert_value` levels times `--value_scale`), with 99%
@@ -30,10 +30,11 @@ import numpy as np
 
 from experiments import cli
 from experiments.cli import UsageError
-from experiments.dissection_io import (INSERT_VALUES, concept_index, insertion_values, layer_iou,
-                                       learned_alpha, load_dissection, pick_layer, result_stem)
+from experiments.dissection_io import (INSERT_VALUES, concept_index, header, insertion_values,
+                                       learned_alpha, open_dissection, pick_layer, result_stem)
 from experiments.mask_io import grids, load_mask
-from jaxdissect import causal, unitsets, zoo
+from experiments.progress import progress_hook
+from jaxdissect import causal, unitsets
 from jaxdissect.report import svg
 
 _DISSECTION = flags.DEFINE_string("dissection", "results/dissect-sceneworld",
@@ -49,7 +50,7 @@ _BATCH = flags.DEFINE_integer("batch_size", 50, "Images per batch.")
 _CHUNK = flags.DEFINE_integer("chunk", 8, "Edits vmapped per generator call.")
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress bars.")
 _MASK = flags.DEFINE_string("mask", None, "PNG at the image's size: ablate (and measure) only "
-                            "inside its white pixels.")
+                            "inside it (opaque pixels where it has alpha, else white ones).")
 _POOLING = flags.DEFINE_enum("mask_pooling", "max", ["max", "mean"], "How the mask is pooled to "
                              "the layer's grid: max edits every cell it touches, mean scales.")
 _UNITS = flags.DEFINE_list("units", None, "Measure this unit set's ablation and insertion ACE "
@@ -60,30 +61,29 @@ _VALUE_SCALE = flags.DEFINE_float("value_scale", 1.0, "Insertion level multiplie
 
 
 def run_ablation() -> str:
-  doc = load_dissection(_DISSECTION.value)
+  dissection, models = open_dissection(_DISSECTION.value)
   concept = _CONCEPT.value
-  c = concept_index(doc, concept)
+  c = concept_index(dissection, concept)
   for name in _RANKINGS.value:
     if name not in ("iou", "ace", "alpha"):
       raise UsageError(f"--rankings: unknown ranking {name!r}; valid rankings are: iou, ace, alpha")
-  layer = pick_layer(doc, _DISSECTION.value, concept, _LAYER.value)
-  gen = zoo.load_generator(doc["model"])
-  seg = zoo.load_segmenter(doc["segmenter"])
-  zdim = zoo.latent_dim(doc["model"])
-  num_units = layer["shape"][2]
-  common = dict(n=_N.value, batch_size=_BATCH.value, seed=_SEED.value, zdim=zdim)
+  layer = pick_layer(dissection, concept, _LAYER.value)
+  gen, seg = models.generator, models.segmenter
+  num_units = layer.shape[2]
+  common = dict(n=_N.value, batch_size=_BATCH.value, seed=_SEED.value)
   if _MASK.value:
-    mask = load_mask(_MASK.value, grids(gen, seg, layer["layer"], zdim), _POOLING.value)
+    mask = load_mask(_MASK.value, grids(gen, seg, layer.layer), _POOLING.value)
     common.update(mask=mask.layer, region=mask.region)
   if _UNITS.value is not None:
-    return _unit_set_effect(doc, layer, concept, c, gen, seg, zdim, common)
-  iou = layer_iou(_DISSECTION.value, layer)[:, c]
+    return _unit_set_effect(dissection, layer, concept, c, gen, seg, common)
+  iou = dissection.iou(layer)[:, c]
   orders, alphas, extra = {}, {}, {}
   if "iou" in _RANKINGS.value:
     orders["iou"] = np.argsort(-iou, kind="stable")
   if "ace" in _RANKINGS.value:
-    sweep = causal.single_unit_effects(gen, seg, layer["layer"], num_units, chunk=_CHUNK.value,
-                                       on_batch=cli.ticker(_N.value, "single-unit ACE", _QUIET.value), **common)
+    sweep = causal.single_unit_effects(gen, seg, layer.layer, num_units, chunk=_CHUNK.value,
+                                       progress=progress_hook(_QUIET.value, "single-unit ACE"),
+                                       **common)
     ace = sweep.delta[:, c]
     orders["ace"] = np.lexsort((-iou, ace))  # most negative effect first, then IoU
     extra["single_unit_ace"] = {"delta": ace.tolist(), "ci99": sweep.ci99[:, c].tolist()}
@@ -94,10 +94,11 @@ def run_ablation() -> str:
   max_units = min(_MAX_UNITS.value, num_units)
   curves = {}
   for name, order in orders.items():
-    effect = causal.ablation_curve(gen, seg, layer["layer"], order, num_units,
+    effect = causal.ablation_curve(gen, seg, layer.layer, order, num_units,
                                    max_units=max_units, chunk=_CHUNK.value,
                                    alpha=alphas.get(name),
-                                   on_batch=cli.ticker(_N.value, f"ablate by {name}", _QUIET.value), **common)
+                                   progress=progress_hook(_QUIET.value, f"ablate by {name}"),
+                                   **common)
     removed, ci = causal.removed_fraction(effect, c)
     curves[name] = {"units": [int(u) for u in order[:max_units]],
                     "removed": removed.tolist(), "ci99": ci.tolist(),
@@ -105,7 +106,7 @@ def run_ablation() -> str:
                     "baseline": float(effect.baseline[0, c])}
     logging.info("%s ranking: top %d units remove %.1f%% +- %.1f%% of %s pixels", name,
                  max_units, 100 * removed[-1], 100 * ci[-1], concept)
-  out = {"model": doc["model"], "segmenter": doc["segmenter"], "layer": layer["layer"],
+  out = {**header(dissection, layer),
          "concept": concept, "settings": {**_settings(), "max_units": max_units,
                                           "rankings": list(orders)},
          "rankings": curves, **extra}
@@ -115,7 +116,7 @@ def run_ablation() -> str:
             for name, v in curves.items()}
   with open(stem + ".svg", "w") as f:
     f.write(svg.line_chart(series, "units ablated", f"share of {concept} pixels removed",
-                           f"Removing {concept} units of {layer['layer']} ({doc['model']})",
+                           f"Removing {concept} units of {layer.layer} ({dissection.model})",
                            ymax=1.0))
   logging.info("wrote %s.json and .svg", stem)
   return stem
@@ -142,22 +143,21 @@ def parse_units(spec: list[str], num_units: int, layer: str) -> list[int]:
   return sorted(set(units))
 
 
-def _unit_set_effect(doc, layer, concept, c, gen, seg, zdim, common) -> str:
+def _unit_set_effect(dissection, layer, concept, c, gen, seg, common) -> str:
   """ACE of ablating and of inserting `--units` on every concept; writes ace-<concept>.json."""
-  num_units = layer["shape"][2]
-  units = parse_units(_UNITS.value, num_units, layer["layer"])
-  values = insertion_values(layer, _INSERT_VALUE.value, gen, seg, c, zdim) * _VALUE_SCALE.value
+  num_units = layer.shape[2]
+  units = parse_units(_UNITS.value, num_units, layer.layer)
+  values = insertion_values(layer, _INSERT_VALUE.value, gen, seg, c) * _VALUE_SCALE.value
   alpha = np.zeros((1, num_units), np.float32)
   alpha[0, units] = 1.0
-  names = [x["name"] for x in doc["concepts"]]
-  out = {"model": doc["model"], "segmenter": doc["segmenter"], "layer": layer["layer"],
-         "concept": concept, "units": units,
+  names = [name for name, _ in dissection.concepts]
+  out = {**header(dissection, layer), "concept": concept, "units": units,
          "settings": {**_settings(), "insert_value": _INSERT_VALUE.value,
                       "value_scale": _VALUE_SCALE.value},
          "insert_values": [float(values[u]) for u in units]}
   for kind, level in (("ablation", None), ("insertion", values)):
-    effect = causal.edit_effects(gen, seg, layer["layer"], alpha, values=level,
-                                 on_batch=cli.ticker(_N.value, kind, _QUIET.value), **common)
+    effect = causal.edit_effects(gen, seg, layer.layer, alpha, values=level,
+                                 progress=progress_hook(_QUIET.value, kind), **common)
     out[kind] = {names[k]: {"baseline": float(effect.baseline[0, k]),
                             "edited": float(effect.edited[0, k]),
                             "delta": float(effect.delta[0, k]), "ci99": float(effect.ci99[0, k])}

@@ -29,12 +29,12 @@ import numpy as np
 
 from experiments import cli
 from experiments.cli import UsageError
-from experiments.dissection_io import load_dissection, result_stem
-from jaxdissect import intervene, realism, zoo
-from jaxdissect.errors import check_choice
+from experiments.dissection_io import header, open_dissection, pick_layer, result_stem
+from experiments.progress import progress_hook
+from jaxdissect import intervene, realism
+from jaxdissect.latents import seeded
 from jaxdissect.model import Generator, Segmenter
 from jaxdissect.report import svg
-from jaxdissect.zsample import z_batches
 
 _DISSECTION = flags.DEFINE_string("dissection", "results/dissect-sceneworld",
                                   "Output folder of experiments.dissect.")
@@ -77,8 +77,9 @@ def real_features(features: Callable, n: int, seed: int, batch_size: int) -> np.
   return np.concatenate(out)
 
 
-def scored_sample(gen: Generator, layer: str, features: Callable, n: int, seed: int, zdim: int,
-                  batch_size: int, tick: Callable[[int], None]) -> tuple[np.ndarray, np.ndarray]:
+def scored_sample(gen: Generator, layer: str, features: Callable, n: int, seed: int,
+                  batch_size: int, progress: Callable[[str, int, int], None]
+                  ) -> tuple[np.ndarray, np.ndarray]:
   """`([n, C] spatial max of each unit, [n, F] features)` of the first n images of `seed`."""
   @jax.jit
   def forward(z):
@@ -86,22 +87,22 @@ def scored_sample(gen: Generator, layer: str, features: Callable, n: int, seed: 
     return jnp.max(acts[layer], axis=(1, 2)), image
 
   maxima, feats = [], []
-  for _, z in z_batches(n, seed, batch_size, zdim):
+  for first, z in seeded(seed).batches(n, batch_size, gen.latent_shape):
     m, image = forward(jnp.asarray(z))
     maxima.append(np.asarray(m))
     feats.append(np.asarray(features(image)))
-    tick(len(z))
+    progress("score", first + len(z), n)
   return np.concatenate(maxima), np.concatenate(feats)
 
 
 def ablated_features(gen: Generator, layer: str, features: Callable, units: np.ndarray,
-                     num_units: int, n: int, seed: int, zdim: int, batch_size: int
+                     num_units: int, n: int, seed: int, batch_size: int
                      ) -> np.ndarray:
   """Features of the first n images of `seed` with `units` ablated everywhere."""
   edit = intervene.ablation(jnp.asarray(units, jnp.int32), num_units)
   image_fn = jax.jit(lambda z: gen.apply_fn(gen.params, z, {layer: edit}, capture=())[0])
   return np.concatenate([np.asarray(features(image_fn(jnp.asarray(z))))
-                         for _, z in z_batches(n, seed, batch_size, zdim)])
+                         for _, z in seeded(seed).batches(n, batch_size, gen.latent_shape)])
 
 
 def _counts(num_units: int) -> list[int]:
@@ -118,62 +119,55 @@ def _counts(num_units: int) -> list[int]:
 
 
 def run_artifacts() -> str:
-  doc = load_dissection(_DISSECTION.value)
-  layers = {layer["layer"]: layer for layer in doc["layers"]}
-  try:
-    check_choice("layer", _LAYER.value, layers)
-  except ValueError as e:
-    raise UsageError(f"--layer: {e} (the dissected layers)") from e
+  dissection, models = open_dissection(_DISSECTION.value)
+  layer = pick_layer(dissection, "", _LAYER.value)
   for name, value in (("n", _N.value), ("real_n", _REAL_N.value), ("eval_n", _EVAL_N.value),
                       ("batch_size", _BATCH.value)):
     if value < 2:
       raise UsageError(f"--{name}={value}; expected at least 2")
   if not 2 <= _TOP.value <= _N.value:
     raise UsageError(f"--top={_TOP.value}; expected between 2 and --n={_N.value}")
-  layer = layers[_LAYER.value]
-  num_units = layer["shape"][2]
+  num_units = layer.shape[2]
   counts = _counts(num_units)
-  gen = zoo.load_generator(doc["model"])
-  seg = zoo.load_segmenter(doc["segmenter"])
-  zdim = zoo.latent_dim(doc["model"])
-  features = feature_fn(_FEATURES.value, doc["segmenter"], seg)
+  gen, seg = models.generator, models.segmenter
+  features = feature_fn(_FEATURES.value, dissection.segmenter, seg)
   real = real_features(features, _REAL_N.value, _REAL_SEED.value, _BATCH.value)
   floor = realism.frechet_distance(
       real_features(features, _REAL_N.value, _REAL_SEED.value + 1, _BATCH.value), real)
-  maxima, feats = scored_sample(gen, layer["layer"], features, _N.value, _SEED.value, zdim,
-                                _BATCH.value, cli.ticker(_N.value, "score", _QUIET.value))
+  maxima, feats = scored_sample(gen, layer.layer, features, _N.value, _SEED.value, _BATCH.value,
+                                progress_hook(_QUIET.value))
   scores = realism.unit_scores(maxima, feats, real, _TOP.value)
   worst = np.argsort(-scores, kind="stable")
   control = np.random.RandomState(_CONTROL_SEED.value).permutation(num_units)
-  common = dict(num_units=num_units, n=_EVAL_N.value, seed=_EVAL_SEED.value, zdim=zdim,
+  common = dict(num_units=num_units, n=_EVAL_N.value, seed=_EVAL_SEED.value,
                 batch_size=_BATCH.value)
   check = {"worst": [], "random": []}
   for k in counts:
     for name, order in (("worst", worst), ("random", control)):
       fd = realism.frechet_distance(
-          ablated_features(gen, layer["layer"], features, order[:k], **common), real)
+          ablated_features(gen, layer.layer, features, order[:k], **common), real)
       check[name].append(fd)
       logging.info("ablating %d %s units: Frechet distance to real %.4g", k, name, fd)
-  out = {"model": doc["model"], "segmenter": doc["segmenter"], "layer": layer["layer"],
+  out = {**header(dissection, layer),
          "settings": {"features": _FEATURES.value, "n": _N.value, "seed": _SEED.value,
                       "top": _TOP.value, "real_n": _REAL_N.value, "real_seed": _REAL_SEED.value,
                       "eval_n": _EVAL_N.value, "eval_seed": _EVAL_SEED.value,
                       "control_seed": _CONTROL_SEED.value},
          "unit_scores": scores.tolist(), "ranking": [int(u) for u in worst],
-         "labels": {int(u): layer["units"][u]["label"] for u in worst[:20]},
+         "labels": {int(u): layer.units[u].label for u in worst[:20]},
          "real_vs_real": floor,
          "ablation": {"units": counts, "frechet_worst": check["worst"],
                       "frechet_random": check["random"],
                       "worst_units": [int(u) for u in worst[:max(counts)]],
                       "random_units": [int(u) for u in control[:max(counts)]]}}
-  stem = result_stem(_DISSECTION.value, "artifacts", layer["layer"])
+  stem = result_stem(_DISSECTION.value, "artifacts", layer.layer)
   cli.write_json(stem + ".json", out)
   zeros = [0.0] * len(counts)
   series = {name: (counts, [fd / floor for fd in check[key]], zeros)
             for name, key in (("worst units", "worst"), ("random units", "random"))}
   with open(stem + ".svg", "w") as f:
     f.write(svg.line_chart(series, "units ablated", "Frechet distance / real-vs-real",
-                           f"Ablating artifact units of {layer['layer']} ({doc['model']})"))
+                           f"Ablating artifact units of {layer.layer} ({dissection.model})"))
   logging.info("worst units by score: %s", ", ".join(f"{u}:{scores[u]:.3g}" for u in worst[:10]))
   logging.info("wrote %s.json and .svg", stem)
   return stem

@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image
 
 from experiments import cli, paint_server
+from experiments.benchmarks.common import ROOT, timed
 from experiments.cli import UsageError
 
 _DISSECTION = flags.DEFINE_string("dissection", "results/dissect-sceneworld",
@@ -48,8 +49,6 @@ _REPEATS = flags.DEFINE_integer("repeats", 30, "Timed generate calls per setting
 _REQUESTS = flags.DEFINE_integer("requests", 200, "Requests of the load test.")
 _CLIENTS = flags.DEFINE_integer("clients", 8, "Concurrent clients of the load test.")
 _OUT = flags.DEFINE_string("out", None, "Where to write the JSON results (default: log only).")
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _stroke_png(size: tuple[int, int], y: int, x0: int, x1: int, width: int) -> str:
@@ -67,7 +66,7 @@ def three_strokes(model: paint_server.PaintModel, concept: str) -> dict:
   layer = model.default_layer()
   rankings = {r["metric"]: r for r in model.rankings(layer, concept)}
   units = rankings.get("alpha", rankings["iou"])["units"][:15]
-  levels = [model.layers[layer]["units"][u]["threshold"] * paint_server.INSERT_SCALE
+  levels = [model.layers[layer].units[u].threshold * paint_server.INSERT_SCALE
             for u in units]
   h, w = model.size
   strokes = [(h // 2, 0, w // 2, 0.0), (h // 3, w // 4, w, levels), (2 * h // 3, 0, w, 0.0)]
@@ -75,17 +74,6 @@ def three_strokes(model: paint_server.PaintModel, concept: str) -> dict:
       {"layer": layer, "units": units, "alpha": 1, "value": value,
        "mask": _stroke_png((h, w), y, x0, x1, max(h // 10, 1))}
       for y, x0, x1, value in strokes]}
-
-
-def _median_ms(call, repeats: int) -> float:
-  """Median wall milliseconds of `call()` after one warm-up call."""
-  call()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    call()
-    times.append(time.perf_counter() - start)
-  return 1000 * float(np.median(times))
 
 
 def _free_port() -> int:
@@ -97,8 +85,8 @@ def _free_port() -> int:
 def _start_server(port: int) -> subprocess.Popen:
   """`experiments.paint_server` on 127.0.0.1:port, once it answers /api/info."""
   import httpx
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_ROOT,
-                                                                    os.environ.get("PYTHONPATH")])))
+  env = dict(os.environ,
+             PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
   log = tempfile.TemporaryFile("w+")
   proc = subprocess.Popen([sys.executable, "-m", "experiments.paint_server", "--dissection",
                            os.path.abspath(_DISSECTION.value), "--port", str(port)],
@@ -170,15 +158,15 @@ def run_benchmark() -> dict:
   out = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
          "load_average": list(os.getloadavg()), "dissection": _DISSECTION.value,
          "strokes": len(body["interventions"]), "units_per_stroke": 15,
-         "direct_ms": _median_ms(direct, _REPEATS.value),
-         "in_process_ms": _median_ms(in_process, _REPEATS.value)}
+         "direct_ms": 1000 * timed(direct, repeats=_REPEATS.value),
+         "in_process_ms": 1000 * timed(in_process, repeats=_REPEATS.value)}
   port = _free_port()
   server = _start_server(port)
   try:
     url = f"http://127.0.0.1:{port}/api/generate"
     with httpx.Client(timeout=120) as http:
-      out["http_ms"] = _median_ms(lambda: http.post(url, json=body).raise_for_status(),
-                                  _REPEATS.value)
+      out["http_ms"] = 1000 * timed(lambda: http.post(url, json=body).raise_for_status(),
+                                    repeats=_REPEATS.value)
     out["load"] = load_test(url, body, _REQUESTS.value, _CLIENTS.value)
   finally:
     server.terminate()

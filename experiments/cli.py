@@ -7,14 +7,15 @@ loops that report how many images they finished.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
+import tempfile
 from typing import Any, Callable
 
 from absl import logging
 
-from experiments.progress import progress
+from jaxdissect import sharding
+from jaxdissect.report import output
 
 
 class UsageError(ValueError):
@@ -39,18 +40,55 @@ def run_main(name: str, run: Callable[[], Any], argv: list[str],
 
 
 def write_json(path: str, obj: Any) -> None:
-  """Writes `obj` to `path` through a temporary file and an atomic rename."""
-  with open(path + ".tmp", "w") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(path + ".tmp", path)
+  """Writes `obj` to `path` atomically (`jaxdissect.report.output.write_json`)."""
+  output.write_json(path, obj)
 
 
-def ticker(total: int, desc: str, quiet: bool, unit: str = "img") -> Callable[[int], None]:
-  """A progress bar driven by `tick(count)` calls (for library loops with an `on_batch` hook)."""
-  bar = iter(progress(range(total), total, desc=desc, unit=unit, quiet=quiet))
+def threshold(text: str) -> float | str:
+  """A `--threshold` value: a top fraction q with 0 < q < 1, or 'iqr'."""
+  if text.strip().lower() == "iqr":
+    return "iqr"
+  try:
+    q = float(text)
+  except ValueError:
+    raise UsageError(f"--threshold={text!r} is neither a number in (0, 1) nor 'iqr'") from None
+  if not 0.0 < q < 1.0:
+    raise UsageError(f"--threshold={text} is out of range; give a top fraction q with "
+                     "0 < q < 1 (e.g. 0.01) or 'iqr'")
+  return q
 
-  def tick(count: int) -> None:
-    for _ in range(count):
-      next(bar, None)
 
-  return tick
+def writable_dir(flag: str, path: str | None) -> str:
+  """`path` made absolute and created, after checking it can be written (on process 0 only;
+  other processes of a multi-process run write nothing)."""
+  if not path or not path.strip():
+    raise UsageError(f"--{flag} is empty; give a folder to write to")
+  path = os.path.abspath(path)
+  if not sharding.is_primary():
+    return path
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise UsageError(f"--{flag}={path} exists and is not a folder")
+  try:
+    os.makedirs(path, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path):
+      pass
+  except OSError as e:
+    raise UsageError(f"--{flag}={path} is not writable ({e.strerror})") from None
+  return path
+
+
+def checked(fn: Callable[..., Any], *args, errors: tuple[type[Exception], ...] = (ValueError,),
+            **kwargs) -> Any:
+  """`fn(*args, **kwargs)`, its `errors` (bad user input found by the library) as UsageError."""
+  try:
+    return fn(*args, **kwargs)
+  except errors as e:
+    raise UsageError(str(e)) from None
+
+
+def log_summary(doc: dict) -> None:
+  """One log line per layer of a `dissect.json` document: interpretable units by concept."""
+  for record in doc["layers"]:
+    counts = ", ".join(f"{c} {k}" for c, k in record["concept_counts"].items())
+    logging.info("%s: %d/%d units interpretable (%s)", record["layer"], record["interpretable"],
+                 len(record["units"]), counts or "none")

@@ -22,9 +22,10 @@ import numpy as np
 
 from experiments import cli
 from experiments.cli import UsageError
-from experiments.dissection_io import (INSERT_VALUES, concept_index, insertion_values, layer_iou,
-                                       learned_alpha, load_dissection, pick_layer, result_stem)
-from jaxdissect import causal, unitsets, zoo
+from experiments.dissection_io import (INSERT_VALUES, concept_index, header, insertion_values,
+                                       learned_alpha, open_dissection, pick_layer, result_stem)
+from experiments.progress import progress_hook
+from jaxdissect import causal, unitsets
 from jaxdissect.report import svg
 
 _DISSECTION = flags.DEFINE_string("dissection", "results/dissect-sceneworld",
@@ -48,14 +49,14 @@ _QUIET = flags.DEFINE_bool("quiet", False, "No progress bars.")
 
 
 def run_insertion() -> str:
-  doc = load_dissection(_DISSECTION.value)
+  dissection, models = open_dissection(_DISSECTION.value)
   concept = _CONCEPT.value
-  c = concept_index(doc, concept)
-  layer = pick_layer(doc, _DISSECTION.value, concept, _LAYER.value)
-  h, w, num_units = layer["shape"]
+  c = concept_index(dissection, concept)
+  layer = pick_layer(dissection, concept, _LAYER.value)
+  h, w, num_units = layer.shape
   if not 1 <= _UNITS.value <= num_units:
-    raise UsageError(f"--units={_UNITS.value}; {layer['layer']} has {num_units} units")
-  iou = layer_iou(_DISSECTION.value, layer)[:, c]
+    raise UsageError(f"--units={_UNITS.value}; {layer.layer} has {num_units} units")
+  iou = dissection.iou(layer)[:, c]
   if _RANKING.value == "alpha":
     alpha = learned_alpha(_DISSECTION.value, concept, layer, "--ranking alpha")
     order = unitsets.ranking(alpha, iou)
@@ -64,20 +65,18 @@ def run_insertion() -> str:
   units = order[: _UNITS.value]
   alpha = np.zeros(num_units, np.float32)
   alpha[units] = 1.0
-  gen = zoo.load_generator(doc["model"])
-  seg = zoo.load_segmenter(doc["segmenter"])
-  zdim = zoo.latent_dim(doc["model"])
-  values = insertion_values(layer, _INSERT_VALUE.value, gen, seg, c, zdim) * _VALUE_SCALE.value
+  gen, seg = models.generator, models.segmenter
+  values = insertion_values(layer, _INSERT_VALUE.value, gen, seg, c) * _VALUE_SCALE.value
   ctx = causal.insertion_context(
-      gen, seg, layer["layer"], jnp.asarray(alpha), jnp.asarray(values), c, (h, w), n=_N.value,
-      batch_size=_BATCH.value, seed=_SEED.value, zdim=zdim,
-      chunk=_CHUNK.value, on_batch=cli.ticker(_N.value, "insert", _QUIET.value))
-  names = [x["name"] for x in doc["concepts"]]
+      gen, seg, layer.layer, jnp.asarray(alpha), jnp.asarray(values), c, (h, w), n=_N.value,
+      batch_size=_BATCH.value, seed=_SEED.value, chunk=_CHUNK.value,
+      progress=progress_hook(_QUIET.value, "insert"))
+  names = [name for name, _ in dissection.concepts]
   table = {names[k]: {"added": float(ctx.mean[k]), "ci99": float(ctx.ci99[k]),
                       "count": int(ctx.count[k])}
            for k in range(1, len(names)) if ctx.count[k] > 0}
   ranked = dict(sorted(table.items(), key=lambda kv: -kv[1]["added"]))
-  out = {"model": doc["model"], "segmenter": doc["segmenter"], "layer": layer["layer"],
+  out = {**header(dissection, layer),
          "concept": concept, "units": [int(u) for u in units],
          "values": [float(values[u]) for u in units],
          "settings": {"n": _N.value, "seed": _SEED.value, "ranking": _RANKING.value,
@@ -89,7 +88,7 @@ def run_insertion() -> str:
   with open(stem + ".svg", "w") as f:
     f.write(svg.bar_chart({k: (v["added"], v["ci99"]) for k, v in ranked.items()},
                           f"{concept} fraction added",
-                          f"Inserting {concept} units of {layer['layer']}, by context"))
+                          f"Inserting {concept} units of {layer.layer}, by context"))
   for name, v in ranked.items():
     logging.info("on %-10s +%.4f +- %.4f of the image becomes %s (%d spots)", name, v["added"],
                  v["ci99"], concept, v["count"])

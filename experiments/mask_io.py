@@ -2,7 +2,8 @@
 
 A mask says where an intervention acts (pooled to the edited layer's grid) and where its effect
 is measured (averaged down to the segmentation's grid). Both need the mask to be drawn at the
-image's size, so a mismatch is an error naming both sizes rather than a silent resize.
+image's size, so a mismatch is an error naming both sizes rather than a silent resize. Pixels are
+read by the paint page's rule (`jaxdissect.masks`), so a stroke saved from the page works here.
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from experiments.cli import UsageError
-from jaxdissect import intervene
+from jaxdissect import intervene, masks
 from jaxdissect.model import Generator, Segmenter
 
 
@@ -27,13 +27,14 @@ class Grids(NamedTuple):
   layer: tuple[int, int]
 
 
-def grids(gen: Generator, seg: Segmenter, layer: str, zdim: int) -> Grids:
+def grids(gen: Generator, seg: Segmenter, layer: str) -> Grids:
   """The three grids, from shapes alone (nothing is computed)."""
   def forward(z):
     image, acts = gen.apply_fn(gen.params, z, None, capture=(layer,))
     return image, seg.label_fn(seg.params, image), acts[layer]
 
-  image, labels, acts = jax.eval_shape(forward, jax.ShapeDtypeStruct((1, zdim), jnp.float32))
+  z = jax.ShapeDtypeStruct((1, *gen.latent_shape), jnp.float32)
+  image, labels, acts = jax.eval_shape(forward, z)
   return Grids(tuple(image.shape[1:3]), tuple(labels.shape[1:3]), tuple(acts.shape[1:3]))
 
 
@@ -46,21 +47,21 @@ class Mask(NamedTuple):
 
 
 def load_mask(path: str, g: Grids, pooling: str = "max") -> Mask:
-  """Reads a grayscale (or RGB/alpha) PNG: pixels brighter than mid-grey are inside.
+  """Reads a PNG stroke by `masks.mask_from_image` (the paint page's rule): inside where alpha
+  > 0 if it has alpha (a stroke saved from the page), else where brighter than mid-grey.
 
   Raises UsageError for unreadable files, a size other than the image's, or an empty mask.
   """
   try:
-    with Image.open(path) as im:
-      pixels = np.asarray(im.convert("L"), np.float32) / 255.0
-  except (OSError, UnidentifiedImageError) as e:
-    raise UsageError(f"--mask {path}: not a readable image ({e})") from e
-  if pixels.shape != g.image:
-    raise UsageError(f"--mask {path} is {pixels.shape[0]}x{pixels.shape[1]} pixels; draw it at "
-                     f"the generated image's size, {g.image[0]}x{g.image[1]}")
-  inside = (pixels > 0.5).astype(np.float32)
+    inside = masks.read_png_mask(path, g.image)
+  except masks.MaskSizeError as e:
+    raise UsageError(f"--mask {path} is {e.got[0]}x{e.got[1]} pixels; draw it at the generated "
+                     f"image's size, {g.image[0]}x{g.image[1]}") from None
+  except ValueError as e:
+    raise UsageError(f"--mask {path}: not a readable image ({e})") from None
   if not inside.any():
-    raise UsageError(f"--mask {path} is empty: no pixel is brighter than mid-grey")
+    raise UsageError(f"--mask {path} is empty: no pixel is opaque (in a PNG with alpha) or "
+                     "brighter than mid-grey (without)")
   try:
     layer = np.asarray(intervene.pool_mask(inside, g.layer, pooling))
   except ValueError as e:

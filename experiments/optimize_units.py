@@ -25,11 +25,10 @@ import numpy as np
 
 from experiments import cli
 from experiments.cli import UsageError
-from experiments.dissection_io import (INSERT_VALUES, concept_index, insertion_values,
-                                       layer_iou, load_dissection, pick_layer, result_stem)
-from experiments.progress import progress
-from jaxdissect import causal, checkpoint, unitsets, zoo
-from jaxdissect.zsample import z_batches
+from experiments.dissection_io import (INSERT_VALUES, concept_index, header, insertion_values,
+                                       open_dissection, pick_layer, result_stem)
+from experiments.progress import progress, progress_hook
+from jaxdissect import causal, checkpoint, latents, unitsets
 
 _DISSECTION = flags.DEFINE_string("dissection", "results/dissect-sceneworld",
                                   "Output folder of experiments.dissect.")
@@ -84,31 +83,29 @@ def _restore(root: str, like: unitsets.TrainState, meta: dict):
 
 
 def run_optimization() -> str:
-  doc = load_dissection(_DISSECTION.value)
+  dissection, models = open_dissection(_DISSECTION.value)
   concept = _CONCEPT.value
-  c = concept_index(doc, concept)
-  layer = pick_layer(doc, _DISSECTION.value, concept, _LAYER.value)
+  c = concept_index(dissection, concept)
+  layer = pick_layer(dissection, concept, _LAYER.value)
   for name, value in (("steps", _STEPS.value), ("batch_size", _BATCH.value),
                       ("eval_n", _EVAL_N.value), ("checkpoint_every", _EVERY.value)):
     if value < 1:
       raise UsageError(f"--{name}={value}; expected a positive integer")
-  gen = zoo.load_generator(doc["model"])
-  seg = zoo.load_segmenter(doc["segmenter"])
-  zdim = zoo.latent_dim(doc["model"])
-  num_units = layer["shape"][2]
-  iou = layer_iou(_DISSECTION.value, layer)[:, c]
+  gen, seg = models.generator, models.segmenter
+  num_units = layer.shape[2]
+  iou = dissection.iou(layer)[:, c]
   if _L0.value and _RELAXATION.value != "hard_concrete":
     raise UsageError("--l0 needs --relaxation hard_concrete")
-  values = insertion_values(layer, _INSERT_VALUE.value, gen, seg, c, zdim)
+  values = insertion_values(layer, _INSERT_VALUE.value, gen, seg, c)
   objective = unitsets.Objective(l2=_L2.value, l1=_L1.value, l0=_L0.value)
   relaxation = _RELAXATION.value
-  loss = unitsets.loss_fn(gen, seg, layer["layer"], c, jnp.asarray(values), objective, relaxation)
+  loss = unitsets.loss_fn(gen, seg, layer.layer, c, jnp.asarray(values), objective, relaxation)
   optimizer = unitsets.make_optimizer(_LR.value)
   state = unitsets.init_state(jnp.asarray(iou / max(float(iou.max()), 1e-12)), optimizer,
                               relaxation)
   stem = result_stem(_DISSECTION.value, "units", concept)
   root = stem + ".checkpoint"
-  meta = {"layer": layer["layer"], "concept": concept, "settings": _settings()}
+  meta = {"layer": layer.layer, "concept": concept, "settings": _settings()}
   history: list = []
   restored = _restore(root, state, meta)
   if restored is not None:
@@ -116,8 +113,8 @@ def run_optimization() -> str:
     logging.info("resuming from step %d of %d", int(state.step), _STEPS.value)
   step = unitsets.step_fn(loss, optimizer, jax.random.key(_KEY.value), relaxation)
   done = int(state.step)
-  batches = z_batches(_STEPS.value * _BATCH.value, _SEED.value, _BATCH.value, zdim,
-                      start=done * _BATCH.value)
+  batches = latents.seeded(_SEED.value).batches(_STEPS.value * _BATCH.value, _BATCH.value,
+                                                gen.latent_shape, start=done * _BATCH.value)
   for _, z in progress(batches, _STEPS.value - done, desc="optimize", unit="step",
                        quiet=_QUIET.value):
     state, (value, erase, insert) = step(state, jnp.asarray(z))
@@ -128,12 +125,12 @@ def run_optimization() -> str:
   alpha = np.asarray(unitsets.coefficients(state.params, relaxation))
   order = unitsets.ranking(alpha, iou)
   max_units = min(_MAX_UNITS.value, num_units)
-  curve = causal.ablation_curve(gen, seg, layer["layer"], order, num_units, max_units=max_units,
+  curve = causal.ablation_curve(gen, seg, layer.layer, order, num_units, max_units=max_units,
                                 n=_EVAL_N.value, batch_size=50, seed=_EVAL_SEED.value,
-                                zdim=zdim, on_batch=cli.ticker(_EVAL_N.value, "check", _QUIET.value))
+                                progress=progress_hook(_QUIET.value, "check"))
   removed, ci = causal.removed_fraction(curve, c)
   smallest = unitsets.smallest_set(removed, _TARGET.value)
-  out = {"model": doc["model"], "segmenter": doc["segmenter"], "layer": layer["layer"],
+  out = {**header(dissection, layer),
          "concept": concept,
          "settings": {**_settings(), "eval_n": _EVAL_N.value, "eval_seed": _EVAL_SEED.value,
                       "target": _TARGET.value},

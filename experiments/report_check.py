@@ -13,12 +13,10 @@ also saves a PNG of the page (the first checked layer) for the README.
 
 from __future__ import annotations
 
-import json
-import os
 
 from absl import app, flags, logging
 
-from jaxdissect.report import browser, html
+from jaxdissect.report import browser, reader
 
 _OUTDIR = flags.DEFINE_string("outdir", None, "Dissection output folder with report.html.",
                               required=True)
@@ -29,20 +27,13 @@ _CHROMIUM = flags.DEFINE_string("chromium", browser.DEFAULT_CHROMIUM, "Chromium 
 _TIMEOUT = flags.DEFINE_float("timeout", 60, "Seconds allowed per browser run.")
 
 
-def _load_doc(outdir: str) -> dict:
-  """`dissect.json`, or the document embedded in the report when that file is absent."""
-  path = os.path.join(outdir, "dissect.json")
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  with open(os.path.join(outdir, html.REPORT_NAME), encoding="utf-8") as f:
-    return html.embedded_doc(f.read())
-
-
 def main(argv):
   del argv
-  doc = _load_doc(_OUTDIR.value)
-  expected = {layer["layer"]: len(layer["units"]) for layer in doc["layers"]}
+  try:
+    dissection = reader.read_folder(_OUTDIR.value)
+  except reader.DissectionReadError as e:
+    raise app.UsageError(str(e)) from None
+  expected = {layer.layer: len(layer.units) for layer in dissection.layers}
   names = [_LAYER.value] if _LAYER.value else list(expected)
   problems = []
   for name in names:

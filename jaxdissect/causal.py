@@ -21,7 +21,7 @@ import numpy as np
 from jaxdissect.model import Edit, Generator, Segmenter
 from jaxdissect.stats.iou import multi_hot
 from jaxdissect.upsample import upsample
-from jaxdissect.zsample import z_batches
+from jaxdissect.latents import seeded
 
 Z99 = 2.5758293035489004  # two-sided 99% normal quantile
 
@@ -114,12 +114,12 @@ class _Moments:
 
 
 def average_effect(gen: Generator, seg: Segmenter, layer: str, edit: Edit, *, n: int,
-                   batch_size: int, seed: int, zdim: int) -> Effect:
+                   batch_size: int, seed: int) -> Effect:
   """ACE of `edit` on `layer` for every concept over the first n latents of sample `seed`."""
   models = _models(gen, seg, layer)
   alpha = jnp.asarray(edit.alpha, jnp.float32)[None]
   moments = _Moments()
-  for _, z in z_batches(n, seed, batch_size, zdim):
+  for _, z in seeded(seed).batches(n, batch_size, gen.latent_shape):
     z = jnp.asarray(z)
     base, _ = _base_fractions(gen.params, seg.params, z, None, **models)
     edited = _edited_fractions(gen.params, seg.params, z, alpha, 1.0, edit.value, None, **models)
@@ -144,10 +144,10 @@ def _over_groups(fn: Callable[[jax.Array], jax.Array], groups: jax.Array,
 
 
 def edit_effects(gen: Generator, seg: Segmenter, layer: str, alphas: jax.Array, *, n: int,
-                 batch_size: int, seed: int, zdim: int, values: jax.Array | None = None,
+                 batch_size: int, seed: int, values: jax.Array | None = None,
                  chunk: int = 16, mask: jax.Array | None = None,
                  region: jax.Array | None = None,
-                 on_batch: Callable[[int], None] | None = None) -> Effect:
+                 progress: Callable[[str, int, int], None] | None = None) -> Effect:
   """Effects of E layer edits at once: edit e sets unit u to `values[u]` with weight
   `alphas[e, u]` (`alphas [E, C]`; values default 0, i.e. ablation). Arrays are `[E, K]`.
 
@@ -165,34 +165,34 @@ def edit_effects(gen: Generator, seg: Segmenter, layer: str, alphas: jax.Array, 
   region = None if region is None else jnp.asarray(region, jnp.float32)
   groups = _groups(alphas, chunk)
   moments = _Moments()
-  for _, z in z_batches(n, seed, batch_size, zdim):
+  for first, z in seeded(seed).batches(n, batch_size, gen.latent_shape):
     z = jnp.asarray(z)
     edited = _over_groups(lambda g: _edited_fractions(gen.params, seg.params, z, g, plane, values,
                                                       region, **models), groups, num_edits)
     base, _ = _base_fractions(gen.params, seg.params, z, region, **models)
     moments.add(base, edited)
-    if on_batch is not None:
-      on_batch(z.shape[0])
+    if progress is not None:
+      progress("edits", first + z.shape[0], n)
   return moments.effect()
 
 
 def single_unit_effects(gen: Generator, seg: Segmenter, layer: str, num_units: int, *, n: int,
-                        batch_size: int, seed: int, zdim: int, chunk: int = 16,
+                        batch_size: int, seed: int, chunk: int = 16,
                         values: jax.Array | None = None, mask: jax.Array | None = None,
                         region: jax.Array | None = None,
-                        on_batch: Callable[[int], None] | None = None) -> Effect:
+                        progress: Callable[[str, int, int], None] | None = None) -> Effect:
   """The effect of setting each unit of `layer` alone to `values` (default 0: ablation),
   everywhere (or inside `mask`), on every concept: arrays `[U, K]`."""
   return edit_effects(gen, seg, layer, jnp.eye(num_units), n=n, batch_size=batch_size,
-                      seed=seed, zdim=zdim, values=values, chunk=chunk, mask=mask,
-                      region=region, on_batch=on_batch)
+                      seed=seed, values=values, chunk=chunk, mask=mask,
+                      region=region, progress=progress)
 
 
 def ablation_curve(gen: Generator, seg: Segmenter, layer: str, order: np.ndarray,
                    num_units: int, *, max_units: int, n: int, batch_size: int, seed: int,
-                   zdim: int, chunk: int = 8, alpha: np.ndarray | None = None,
+                   chunk: int = 8, alpha: np.ndarray | None = None,
                    mask: jax.Array | None = None, region: jax.Array | None = None,
-                   on_batch: Callable[[int], None] | None = None) -> Effect:
+                   progress: Callable[[str, int, int], None] | None = None) -> Effect:
   """Effects of ablating the first k units of `order`, for k = 0..max_units: arrays `[k + 1, K]`.
 
   `alpha` (`[C]`, optional) ablates each unit with that weight instead of 1 (learned sets);
@@ -203,8 +203,8 @@ def ablation_curve(gen: Generator, seg: Segmenter, layer: str, order: np.ndarray
   alphas = np.zeros((len(order) + 1, num_units), np.float32)
   for k, unit in enumerate(order):
     alphas[k + 1:, unit] = weights[unit]
-  return edit_effects(gen, seg, layer, alphas, n=n, batch_size=batch_size, seed=seed, zdim=zdim,
-                      chunk=chunk, mask=mask, region=region, on_batch=on_batch)
+  return edit_effects(gen, seg, layer, alphas, n=n, batch_size=batch_size, seed=seed,
+                      chunk=chunk, mask=mask, region=region, progress=progress)
 
 
 def removed_fraction(effect: Effect, concept: int) -> tuple[np.ndarray, np.ndarray]:
@@ -215,7 +215,7 @@ def removed_fraction(effect: Effect, concept: int) -> tuple[np.ndarray, np.ndarr
 
 
 def conditional_means(gen: Generator, seg: Segmenter, layer: str, concept: int, *, n: int,
-                      batch_size: int, seed: int, zdim: int) -> np.ndarray:
+                      batch_size: int, seed: int) -> np.ndarray:
   """`[C]` each unit's mean activation where `concept` is, over the first n latents of `seed`.
 
   Activations are upsampled to the segmentation's resolution, as in dissection, and averaged
@@ -234,7 +234,7 @@ def conditional_means(gen: Generator, seg: Segmenter, layer: str, concept: int, 
     return jnp.einsum("bhwc,bhw->c", maps, where), jnp.sum(where)
 
   total, count = 0.0, 0.0
-  for _, z in z_batches(n, seed, batch_size, zdim):
+  for _, z in seeded(seed).batches(n, batch_size, gen.latent_shape):
     s, k = tally(jnp.asarray(z))
     total, count = total + np.asarray(s, np.float64), count + float(k)
   if count == 0:
@@ -258,8 +258,8 @@ class Context(NamedTuple):
 
 def insertion_context(gen: Generator, seg: Segmenter, layer: str, alpha: jax.Array,
                       values: jax.Array, concept: int, shape: tuple[int, int], *, n: int,
-                      batch_size: int, seed: int, zdim: int, chunk: int = 16,
-                      on_batch: Callable[[int], None] | None = None) -> Context:
+                      batch_size: int, seed: int, chunk: int = 16,
+                      progress: Callable[[str, int, int], None] | None = None) -> Context:
   """Inserts units (`alpha [C]` weights, `values [C]` levels) at one featuremap cell at a time,
   every cell of `shape` (h, w), on n images; tabulates the added area of `concept` by the label
   at the cell's centre pixel in the unedited image (the paper's "doors appear on buildings")."""
@@ -282,7 +282,7 @@ def insertion_context(gen: Generator, seg: Segmenter, layer: str, alpha: jax.Arr
   total = np.zeros(num_concepts)
   total2 = np.zeros(num_concepts)
   count = np.zeros(num_concepts)
-  for _, z in z_batches(n, seed, batch_size, zdim):
+  for first, z in seeded(seed).batches(n, batch_size, gen.latent_shape):
     z = jnp.asarray(z)
     before, labels = base(z)
     after = _over_groups(lambda g: edited(z, g), groups, h * w)  # [hw, B]
@@ -298,8 +298,8 @@ def insertion_context(gen: Generator, seg: Segmenter, layer: str, alpha: jax.Arr
     total += np.einsum("eb,ebk->k", delta, hot)
     total2 += np.einsum("eb,ebk->k", np.square(delta), hot)
     count += hot.sum((0, 1))
-    if on_batch is not None:
-      on_batch(z.shape[0])
+    if progress is not None:
+      progress("insertion context", first + z.shape[0], n)
   safe = np.maximum(count, 1)
   mean = total / safe
   var = np.maximum(total2 / safe - np.square(mean), 0.0) * safe / np.maximum(safe - 1, 1)

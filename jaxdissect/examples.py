@@ -2,20 +2,21 @@
 
 The one-pass tally keeps only (value, image index) pairs per unit, never images: memory stays
 flat in n. The report then needs the k images where each unit fires hardest, together with that
-unit's featuremap on them to draw the highlighted region. Since z samples are deterministic per
+unit's featuremap on them to draw the highlighted region. Since latents are deterministic per
 index, those images are regenerated here, once per distinct image, generator only.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Mapping, NamedTuple, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxdissect.model import Generator
-from jaxdissect.zsample import standard_z
+from jaxdissect.images import to_uint8
+from jaxdissect.latents import Latents
 
 
 class UnitExamples(NamedTuple):
@@ -28,31 +29,24 @@ class UnitExamples(NamedTuple):
   maps: np.ndarray
 
 
-def to_uint8(images: jax.Array) -> np.ndarray:
-  """Images in [-1, 1] to uint8 [0, 255] (rounded, clipped)."""
-  x = (np.asarray(images, np.float32) + 1.0) * 127.5
-  return np.clip(np.round(x), 0, 255).astype(np.uint8)
-
-
-def top_examples(gen: Generator, top_indices: Mapping[str, np.ndarray], seed: int, zdim: int,
+def top_examples(gen: Generator, top_indices: Mapping[str, np.ndarray], latents: Latents,
                  batch_size: int = 100,
-                 progress: Callable[[Iterator, int], Iterator] | None = None
+                 progress: Callable[[str, int, int], None] | None = None
                  ) -> dict[str, UnitExamples]:
-  """Regenerates each layer's top images (`top_indices[layer]` is `[U, k]`, -1 = none)."""
+  """Regenerates each layer's top images (`top_indices[layer]` is `[U, k]`, -1 = none) from
+  the `latents` the dissection counted them over; `progress(stage, done, total)` per batch."""
   layers = tuple(top_indices)
   wanted = np.unique(np.concatenate([np.asarray(v).ravel() for v in top_indices.values()]))
   wanted = wanted[wanted >= 0]
-  z_all = standard_z(int(wanted.max()) + 1 if wanted.size else 0, seed, zdim)
   run = jax.jit(lambda z: gen.apply_fn(gen.params, z, capture=layers))
   out: dict[str, UnitExamples] = {}
   chunks = [wanted[i:i + batch_size] for i in range(0, len(wanted), batch_size)]
-  if progress is not None:
-    chunks = progress(iter(chunks), len(wanted))
+  done = 0
   for chunk in chunks:
-    z = z_all[chunk]
+    z = latents.rows(chunk, gen.latent_shape)
     pad = batch_size - len(chunk)  # one shape for every call: no retrace on the last chunk
-    images, acts = run(jnp.asarray(np.pad(z, ((0, pad), (0, 0)))))
-    images = to_uint8(images[: len(chunk)])
+    images, acts = run(jnp.asarray(np.pad(z, ((0, pad),) + ((0, 0),) * (z.ndim - 1))))
+    images = np.asarray(to_uint8(images[: len(chunk)]))
     for layer in layers:
       idx = np.asarray(top_indices[layer])
       a = np.asarray(acts[layer][: len(chunk)], np.float32)  # [b, h, w, U]
@@ -65,6 +59,9 @@ def top_examples(gen: Generator, top_indices: Mapping[str, np.ndarray], seed: in
       u, r = np.nonzero(hit)
       out[layer].images[u, r] = images[pos[u, r]]
       out[layer].maps[u, r] = a[pos[u, r], :, :, u]
+    done += len(chunk)
+    if progress is not None:
+      progress("top images", done, len(wanted))
   return out
 
 

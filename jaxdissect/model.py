@@ -8,6 +8,7 @@ counterfactual worlds and `grad` with respect to a soft `alpha` a search for cau
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
@@ -51,26 +52,28 @@ def _check_broadcasts(what: str, shape: tuple[int, ...], target: tuple[int, ...]
                      f"shape {list(target)} ([B, H, W, C])")
 
 
-def ablate(units: Sequence[int] | jax.Array, num_units: int) -> Edit:
-  """An edit that zeroes `units` of a layer with `num_units` channels, everywhere."""
-  alpha = jnp.zeros((num_units,), jnp.float32).at[jnp.asarray(units, jnp.int32)].set(1.0)
-  return Edit(alpha, jnp.zeros((num_units,), jnp.float32))
-
-
 # apply_fn(params, x, edits=None, capture=None) -> (output, acts)
 ApplyFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
 
 class Generator(NamedTuple):
-  """A generator (or classifier): `apply_fn(params, x, edits=None, capture=None)`.
+  """A generator: `apply_fn(params, z, edits=None, capture=None) -> (image, acts)`.
 
   `layers` is the published, ordered tuple of layer names; `acts` maps each captured name to its
   `[B, H, W, C]` activation after the layer's nonlinearity and before the edit.
+  `latent_shape` is the shape of one latent (`(zdim,)` for the usual `[B, zdim]` batches): the
+  generator, not its callers, knows what it takes.
   """
 
   apply_fn: ApplyFn
   params: Any
   layers: tuple[str, ...]
+  latent_shape: tuple[int, ...]
+
+  @property
+  def zdim(self) -> int:
+    """Numbers per latent (the flat size of `latent_shape`)."""
+    return math.prod(self.latent_shape)
 
 
 class Segmenter(NamedTuple):

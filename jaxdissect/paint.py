@@ -1,11 +1,12 @@
 """Painting with units: stroke masks and unit edits turned into one composed edit per layer.
 
 GANPaint-style editing sends a list of strokes, each "these units of this layer, at these
-levels, inside this mask". The paint server (`experiments/paint_server.py`) is a thin web layer;
+levels, inside this mask". The paint server (`experiments/paint/`) is a thin web layer;
 the pure parts live here so they can be tested and reused without a server:
 
-  * masks arrive as PNG data URLs or '0'/'1' rasters and are decoded to `[H, W]` float arrays,
-    with errors that name what was wrong (not base64, not a PNG, wrong size);
+  * masks arrive as PNG data URLs or '0'/'1' rasters and are decoded to `[H, W]` float arrays
+    (PNGs by `jaxdissect.masks`, the rule `ablate --mask` reads files by), with errors that
+    name what was wrong (not base64, not a PNG, wrong size);
   * a variable number of strokes is packed into fixed-size arrays (`pack_strokes`), so one
     compiled generator serves every request of a batch size: unused slots edit nothing;
   * `composed_edits` pools each stroke's mask to each layer's grid and composes the strokes in
@@ -26,6 +27,7 @@ from PIL import Image
 
 from jaxdissect import intervene
 from jaxdissect.errors import check_choice
+from jaxdissect.masks import check_mask_size, read_png_mask
 from jaxdissect.model import Edit
 
 PNG_PREFIX = "data:image/png;base64,"
@@ -73,8 +75,8 @@ def decode_mask(text: str, size: tuple[int, int]) -> np.ndarray:
 def decode_png_mask(data_url: str, size: tuple[int, int]) -> np.ndarray:
   """A `data:image/png;base64,...` mask of exactly `size` (H, W) -> `[H, W]` float32 of 0/1.
 
-  A pixel is painted where the PNG's alpha is > 0 (a canvas stroke on a transparent canvas);
-  PNGs without alpha are painted where their grey level is > 127 (white on black).
+  Pixels are inside by `jaxdissect.masks.mask_from_image`: where alpha > 0 (a canvas stroke on a
+  transparent canvas), or for PNGs without alpha where the grey level is > 127 (white on black).
   """
   if not data_url.startswith(PNG_PREFIX):
     raise ValueError(f"mask data URL starts with {data_url[:30]!r}; expected {PNG_PREFIX!r}")
@@ -82,22 +84,7 @@ def decode_png_mask(data_url: str, size: tuple[int, int]) -> np.ndarray:
     raw = base64.b64decode(data_url[len(PNG_PREFIX):], validate=True)
   except (binascii.Error, ValueError):
     raise ValueError("mask data URL does not hold valid base64") from None
-  try:
-    image = Image.open(io.BytesIO(raw))
-  except Exception:  # PIL raises many types for data it cannot identify.
-    raise ValueError(f"mask data URL holds {len(raw)} bytes that are not a PNG image") from None
-  if image.format != "PNG":
-    raise ValueError(f"mask is a {image.format} image; expected a PNG")
-  _check_mask_size(image.size[::-1], size)  # from the header, before any pixel is decoded
-  try:
-    image.load()
-  except Exception as e:  # truncated or corrupt pixel data
-    raise ValueError(f"mask is not a readable PNG ({type(e).__name__}: {e})") from None
-  if "A" in image.getbands() or "transparency" in image.info:
-    painted = np.asarray(image.convert("RGBA"))[..., 3] > 0
-  else:
-    painted = np.asarray(image.convert("L")) > 127
-  return painted.astype(np.float32)
+  return read_png_mask(raw, size)
 
 
 def decode_bit_mask(bits: str, size: tuple[int, int]) -> np.ndarray:
@@ -113,13 +100,6 @@ def decode_bit_mask(bits: str, size: tuple[int, int]) -> np.ndarray:
                      "allowed")
   return (np.frombuffer(flat.encode(), np.uint8) == ord("1")).reshape(height, width).astype(
       np.float32)
-
-
-def _check_mask_size(got: Sequence[int], size: Sequence[int]) -> None:
-  """Raises ValueError unless a mask of `got` (H, W) has the image size `size`."""
-  if tuple(got) != tuple(size):
-    raise ValueError(f"mask is {got[0]}x{got[1]} (HxW); masks must be {size[0]}x{size[1]}, the "
-                     "generated image's size")
 
 
 def png_data_url(image: np.ndarray) -> str:
@@ -174,7 +154,7 @@ def pack_strokes(strokes: Sequence[Stroke], layer_units: Mapping[str, int],
     if s.mask is None:
       masks[i] = 1.0
     else:
-      _check_mask_size(np.shape(s.mask), size)
+      check_mask_size(np.shape(s.mask), size)
       masks[i] = s.mask
     mean_pool[i] = s.pooling == "mean"
     alpha[s.layer][i, s.units] = s.alpha
@@ -217,8 +197,3 @@ def masked_features(acts: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Ar
   cover = intervene.pool_mask(mask, (h, w), "max")[None, :, :, None]
   mean = jnp.sum(acts * weight, axis=(1, 2)) / jnp.maximum(jnp.sum(weight), 1e-12)
   return mean, jnp.max(acts * cover, axis=(1, 2))
-
-
-def to_uint8(images: jax.Array) -> jax.Array:
-  """Images in [-1, 1] -> uint8 [0, 255] (rounded, clipped)."""
-  return jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)

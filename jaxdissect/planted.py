@@ -27,7 +27,6 @@ all red, and inserting unit 3 at a high level inside a mask makes the mask red.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -124,7 +123,7 @@ def planted_apply(params: Any, z: jax.Array, edits: Mapping[str, Edit] | None = 
 
 def make_planted_generator() -> Generator:
   """The planted generator (no randomness: the world is fixed, z supplies the variety)."""
-  return Generator(planted_apply, planted_params(), LAYERS)
+  return Generator(planted_apply, planted_params(), LAYERS, (ZDIM,))
 
 
 def _sq_distances(params: Mapping[str, jax.Array], images: jax.Array) -> jax.Array:

@@ -46,7 +46,7 @@ def generator_in(gen: Generator, dtype: str) -> Generator:
     image, acts = gen.apply_fn(params, jnp.asarray(z).astype(low), edits, capture)
     return image.astype(jnp.float32), {k: v.astype(jnp.float32) for k, v in acts.items()}
 
-  return Generator(apply_fn, cast_floats(gen.params, low), gen.layers)
+  return gen._replace(apply_fn=apply_fn, params=cast_floats(gen.params, low))
 
 
 def segmenter_in(seg: Segmenter, dtype: str) -> Segmenter:

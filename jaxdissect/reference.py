@@ -21,7 +21,7 @@ from jaxdissect.model import Generator, Segmenter
 from jaxdissect.stats import iou
 from jaxdissect.stats.topk import largest_values
 from jaxdissect.upsample import upsample
-from jaxdissect.zsample import z_batches
+from jaxdissect.latents import seeded
 
 
 class LayerDissection(NamedTuple):
@@ -34,7 +34,7 @@ class LayerDissection(NamedTuple):
 
 
 def _batches(gen: Generator, seg: Segmenter, layer: str, n: int, batch_size: int,
-             seed: int, zdim: int) -> Callable[[], Iterator[tuple[jax.Array, jax.Array]]]:
+             seed: int) -> Callable[[], Iterator[tuple[jax.Array, jax.Array]]]:
   """A restartable stream of (upsampled activations, labels) over the first n seeded images."""
 
   @jax.jit
@@ -44,7 +44,7 @@ def _batches(gen: Generator, seg: Segmenter, layer: str, n: int, batch_size: int
     return upsample(acts[layer], labels.shape[1:3]), labels
 
   def stream():
-    for _, z in z_batches(n, seed, batch_size, zdim):
+    for _, z in seeded(seed).batches(n, batch_size, gen.latent_shape):
       yield step(jnp.asarray(z))
 
   return stream
@@ -80,14 +80,14 @@ def exact_top_quantile(stream: Iterator[jax.Array], q: float, total: int) -> np.
 
 
 def reference_dissect(gen: Generator, seg: Segmenter, layer: str, *, n: int, batch_size: int,
-                      seed: int = 1, q: float = 0.01, zdim: int = 512,
+                      seed: int = 1, q: float = 0.01,
                       thresholds: np.ndarray | None = None) -> LayerDissection:
   """Dissects `layer` of `gen` with `seg` over the first `n` latents of sample `seed`.
 
   `thresholds` (`[U]`) skips pass 1 and tallies IoU at the given levels instead.
   """
   check_choice("layer", layer, gen.layers)
-  stream = _batches(gen, seg, layer, n, batch_size, seed, zdim)
+  stream = _batches(gen, seg, layer, n, batch_size, seed)
   if thresholds is None:
     first, _ = next(stream())
     total = n * first.shape[1] * first.shape[2]

@@ -193,7 +193,7 @@ def default_weights_path() -> str:
 def from_state_dict(sd: Mapping[str, Any]) -> Generator:
   """A generator with the weights of a state dict (or whole checkpoint) of numpy arrays."""
   params = jax.tree_util.tree_map(jnp.asarray, convert_state_dict(sd))
-  return Generator(apply_fn, params, LAYERS)
+  return Generator(apply_fn, params, LAYERS, (ZDIM,))
 
 
 def load(path: str | None = None) -> Generator:

@@ -159,7 +159,8 @@ def make_apply_fn(sizes: Sequence[int], *, hardtanh: bool = False) -> ApplyFn:
 def make_generator(sizes: Sequence[int], key: jax.Array, *, hardtanh: bool = False) -> Generator:
   """A randomly initialised generator: N(0, 1) kernels (wscale does the scaling), zero biases."""
   params = _init_params(tuple(sizes), key)
-  return Generator(make_apply_fn(sizes, hardtanh=hardtanh), params, layer_names(sizes))
+  return Generator(make_apply_fn(sizes, hardtanh=hardtanh), params, layer_names(sizes),
+                   (sizes[0],))
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -180,7 +181,7 @@ def from_state_dict(sd: Mapping[str, Any], *, hardtanh: bool = False) -> Generat
   """A generator with the weights of a netdissect-format state dict of numpy arrays."""
   sizes = sizes_from_state_dict(sd)
   return Generator(make_apply_fn(sizes, hardtanh=hardtanh), convert_state_dict(sd),
-                   layer_names(sizes))
+                   layer_names(sizes), (sizes[0],))
 
 
 # --- Checkpoint conversion (netdissect torch state_dict, as numpy arrays) ---------------------

@@ -98,6 +98,25 @@ def test_masked_curve_measures_inside_the_stroke(dissection, tmp_path):
   assert out["rankings"]["iou"]["removed"][1:] == pytest.approx([1.0, 1.0], abs=1e-9)
 
 
+def test_mask_saved_from_the_paint_page_is_read_by_its_alpha(dissection, tmp_path):
+  """The page's stroke PNG (black, opaque, on a transparent canvas) is no empty mask: inside is
+  where alpha > 0, as the paint server reads it (`jaxdissect.masks`)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rgba = np.zeros((32, 32, 4), np.uint8)
+  rgba[:, :16, 3] = 255  # black (0, 0, 0) strokes, opaque, on the left half
+  Image.fromarray(rgba, "RGBA").save(tmp_path / "page-stroke.png")
+  proc = _run("experiments.ablate", "--dissection", str(dissection), "--concept", "red",
+              "--mask", str(tmp_path / "page-stroke.png"), "--rankings", "iou", "--max_units",
+              "2", "--n", "40", "--batch_size", "20", "--quiet")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  with open(dissection / "ablation-red.json") as f:
+    out = json.load(f)
+  assert out["settings"]["mask"].endswith("page-stroke.png")
+  curve = out["rankings"]["iou"]
+  assert curve["baseline"] > 0  # the stroke covers red pixels: the mask is not empty
+  assert curve["removed"][1:] == pytest.approx([1.0, 1.0], abs=1e-9)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--units="], "empty unit set"),
     (["--units", "3,99"], "unit 99 is out of range; layer2 has units 0..7"),

@@ -51,7 +51,7 @@ def test_ablating_the_red_unit_removes_all_red(world):
   gen, seg = world
   unit = planted.PLANTED["red"][1]
   effect = causal.average_effect(gen, seg, "layer2", intervene.ablation([unit], planted.UNITS),
-                                 n=N, batch_size=BATCH, seed=3, zdim=planted.ZDIM)
+                                 n=N, batch_size=BATCH, seed=3)
   z = zsample.standard_z(N, 3, planted.ZDIM)
   base = _fractions(world, z)
   assert effect.n == N
@@ -80,11 +80,11 @@ def test_inserting_green_in_a_mask_paints_green_there(world):
 def test_vmapped_sweep_equals_a_loop_of_single_effects(world):
   gen, seg = world
   sweep = causal.single_unit_effects(gen, seg, "layer2", planted.UNITS, n=N, batch_size=BATCH,
-                                     seed=5, zdim=planted.ZDIM, chunk=3)  # 3 chunks, 1 padded
+                                     seed=5, chunk=3)  # 3 chunks, 1 padded
   assert sweep.delta.shape == (planted.UNITS, 4)
   for u in range(planted.UNITS):
     one = causal.average_effect(gen, seg, "layer2", intervene.ablation([u], planted.UNITS),
-                                n=N, batch_size=BATCH, seed=5, zdim=planted.ZDIM)
+                                n=N, batch_size=BATCH, seed=5)
     np.testing.assert_allclose(sweep.delta[u], one.delta, atol=1e-9)
     np.testing.assert_allclose(sweep.ci99[u], one.ci99, atol=1e-9)
   for concept, (_, unit) in planted.PLANTED.items():
@@ -111,12 +111,12 @@ def test_ablation_curve_removes_red_with_its_first_unit(world):
   gen, seg = world
   order = [planted.PLANTED["red"][1], planted.DECOY[1], 0, 2]
   curve = causal.ablation_curve(gen, seg, "layer2", order, planted.UNITS, max_units=4, n=N,
-                                batch_size=BATCH, seed=7, zdim=planted.ZDIM, chunk=2)
+                                batch_size=BATCH, seed=7, chunk=2)
   removed, ci = causal.removed_fraction(curve, RED)
   np.testing.assert_allclose(removed, [0.0, 1.0, 1.0, 1.0, 1.0], atol=1e-9)
   assert ci.shape == (5,) and ci[0] == 0.0
   reverse = causal.ablation_curve(gen, seg, "layer2", order[::-1], planted.UNITS, max_units=4,
-                                  n=N, batch_size=BATCH, seed=7, zdim=planted.ZDIM)
+                                  n=N, batch_size=BATCH, seed=7)
   np.testing.assert_allclose(causal.removed_fraction(reverse, RED)[0], [0, 0, 0, 0, 1], atol=1e-9)
 
 
@@ -126,7 +126,7 @@ def test_insertion_context_matches_a_direct_count(world):
   alpha = jnp.zeros(planted.UNITS).at[unit].set(1.0)
   values = jnp.full((planted.UNITS,), 5.0)
   ctx = causal.insertion_context(gen, seg, "layer2", alpha, values, GREEN, (8, 8), n=12,
-                                 batch_size=6, seed=8, zdim=planted.ZDIM, chunk=24)
+                                 batch_size=6, seed=8, chunk=24)
   z = zsample.standard_z(12, 8, planted.ZDIM)
   base = _fractions(world, z)[:, GREEN]
   image, _ = gen.apply_fn(gen.params, z, capture=())
@@ -154,8 +154,7 @@ def test_insertion_context_matches_a_direct_count(world):
 
 def test_conditional_means_match_a_direct_average(world):
   gen, seg = world
-  got = causal.conditional_means(gen, seg, "layer2", GREEN, n=40, batch_size=20, seed=6,
-                                 zdim=planted.ZDIM)
+  got = causal.conditional_means(gen, seg, "layer2", GREEN, n=40, batch_size=20, seed=6)
   z = zsample.standard_z(40, 6, planted.ZDIM)
   image, acts = gen.apply_fn(gen.params, z, None, capture=("layer2",))
   labels = np.asarray(seg.label_fn(seg.params, image))[..., 0]
@@ -173,7 +172,7 @@ def test_masked_ablation_measured_inside_the_mask(world):
   stroke[:16] = 1.0  # the top half of every image
   cells = intervene.pool_mask(stroke, (planted.GRID, planted.GRID))
   effect = causal.single_unit_effects(gen, seg, "layer2", planted.UNITS, n=40, batch_size=20,
-                                      seed=7, zdim=planted.ZDIM, mask=cells, region=stroke)
+                                      seed=7, mask=cells, region=stroke)
   z = zsample.standard_z(40, 7, planted.ZDIM)
   edit = intervene.ablation([unit], planted.UNITS, mask=cells)
   gen_, seg_ = world

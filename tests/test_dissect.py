@@ -9,7 +9,7 @@ from jaxdissect import dissect, planted, reference, zsample
 
 def _config(world, layers, n, **kw):
   kw.setdefault("batch_size", 50)
-  return dissect.Config(layers=tuple(layers), n=n, zdim=world.zdim, **kw)
+  return dissect.Config(layers=tuple(layers), n=n, **kw)
 
 
 def test_planted_units_are_found_with_their_concepts(planted_world):
@@ -27,7 +27,7 @@ def test_planted_one_pass_equals_two_pass_reference(planted_world):
   gen, seg = planted_world.generator, planted_world.segmenter
   r = dissect.dissect(gen, seg, _config(planted_world, ["layer1", "layer2"], 300))
   for layer in ("layer1", "layer2"):
-    ref = reference.reference_dissect(gen, seg, layer, n=300, batch_size=50, zdim=planted.ZDIM)
+    ref = reference.reference_dissect(gen, seg, layer, n=300, batch_size=50)
     assert np.max(np.abs(r[layer].iou - ref.iou)) <= 1e-3
     np.testing.assert_array_equal(r[layer].label, ref.label)
 
@@ -36,7 +36,7 @@ def test_scene_world_one_pass_matches_reference_within_1e3(scene_world):
   gen, seg = scene_world.generator, scene_world.segmenter
   n = 200
   r = dissect.dissect(gen, seg, _config(scene_world, ["layer6"], n))["layer6"]
-  ref = reference.reference_dissect(gen, seg, "layer6", n=n, batch_size=50, zdim=scene_world.zdim)
+  ref = reference.reference_dissect(gen, seg, "layer6", n=n, batch_size=50)
   assert np.max(np.abs(r.iou - ref.iou)) <= 1e-3
   assert np.max(r.iou_bound) <= 1e-3
   # The thresholds switch on the same pixels: they sit within one data gap of the exact ones.
@@ -48,7 +48,7 @@ def test_iqr_mode_iou_is_exact_at_its_thresholds(planted_world):
   gen, seg = planted_world.generator, planted_world.segmenter
   r = dissect.dissect(gen, seg, _config(planted_world, ["layer2"], 300,
                                         threshold="iqr"))["layer2"]
-  ref = reference.reference_dissect(gen, seg, "layer2", n=300, batch_size=50, zdim=planted.ZDIM,
+  ref = reference.reference_dissect(gen, seg, "layer2", n=300, batch_size=50,
                                     thresholds=r.thresholds.astype(np.float32))
   np.testing.assert_allclose(r.iou, ref.iou, atol=1e-6)
   names = [name for name, _ in planted.CONCEPTS]
@@ -81,8 +81,8 @@ def test_one_compiled_step_serves_every_batch(planted_world):
   state = dissect.start(run)
   for first, z in dissect.remaining(run, state):
     state = run.step(state, z, np.int32(first))
-  assert int(state.images) == 200
-  assert run.step._cache_size() == 1
+  assert dissect.images_tallied(state) == 200
+  assert run.step.cache_size() == 1  # one trace, one compiled executable
 
 
 def test_bad_configs_name_the_value_and_the_choices(planted_world):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxdissect import colorseg, dissect, zoo, zsample
-from jaxdissect.model import Edit, ablate
+from jaxdissect import Edit, ablate
 from ports import facegan
 
 torch = pytest.importorskip("torch", reason="the PyTorch reference needs torch")
@@ -166,14 +166,14 @@ def test_missing_package_or_file_is_explained(monkeypatch, tmp_path):
 
 
 def test_zoo_knows_the_face_gan():
-  assert zoo.latent_dim("facegan") == facegan.ZDIM == 100
+  assert zoo.load_generator("facegan").latent_shape == (facegan.ZDIM,) == (100,)
   assert zoo.default_segmenter("facegan") == "color"
   assert zoo.default_segmenter("planted") == "planted"
 
 
 def test_dissects_with_the_colour_segmenter(gen):
   seg = colorseg.make_segmenter()
-  config = dissect.Config(layers=("layer3",), n=40, zdim=facegan.ZDIM, batch_size=20, warmup=20,
+  config = dissect.Config(layers=("layer3",), n=40, batch_size=20, warmup=20,
                           topk=5)
   result = dissect.dissect(gen, seg, config)["layer3"]
   assert result.shape == (16, 16, 128)

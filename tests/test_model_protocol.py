@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxdissect import planted, zsample
-from jaxdissect.model import Edit, ablate
+from jaxdissect import Edit, ablate
 from ports import proggan
 
 PROGGAN_SIZES = [16, 16, 12, 8]

@@ -33,6 +33,7 @@ with warnings.catch_warnings():  # starlette suggests httpx2; httpx works
   from fastapi.testclient import TestClient  # noqa: E402
 
 from experiments import paint_server  # noqa: E402
+from experiments.paint import apidocs  # noqa: E402
 from experiments.cli import UsageError  # noqa: E402
 from jaxdissect import zoo  # noqa: E402
 from jaxdissect.model import Edit  # noqa: E402
@@ -612,7 +613,7 @@ def test_render_docs_escapes_text_and_stops_at_recursive_models():
       "components": {"schemas": {"Node": {
           "type": "object", "required": ["kids"], "properties": {
               "kids": {"type": "array", "items": {"$ref": "#/components/schemas/Node"}}}}}}}
-  page = paint_server.render_docs(openapi)
+  page = apidocs.render_docs(openapi)
   assert "<script>alert" not in page and "&lt;script&gt;alert(1)" in page
   assert "<code>x</code>" in page and "a &amp; b" in page and "<title>&lt;t&gt; API" in page
   assert page.count("<b>kids</b>") == 1  # Node's fields once, not again inside itself

@@ -39,6 +39,7 @@ if not os.path.exists(CHROMIUM):
 
 from experiments import paint_server  # noqa: E402
 from jaxdissect import zoo  # noqa: E402
+from jaxdissect.masks import mask_from_image  # noqa: E402
 from jaxdissect.model import Edit  # noqa: E402
 from jaxdissect.zsample import standard_z  # noqa: E402
 
@@ -119,7 +120,7 @@ def _pick_scene(world, labeller, units, num_units):
   """(seed, its tree blob, its unedited uint8 image): the scene whose largest tree blob the
   unit set removes best when ablated everywhere (ties: the largest blob)."""
   gen, tree = world.generator, [name for name, _ in world.segmenter.concepts].index("tree")
-  z = np.stack([standard_z(1, s, world.zdim)[0] for s in SEEDS])
+  z = np.stack([standard_z(1, s, world.generator.zdim)[0] for s in SEEDS])
   alpha = np.zeros((2 * len(z), 1, 1, num_units), np.float32)
   alpha[len(z):, ..., units] = 1  # second half: the units ablated everywhere
   images = jax.jit(lambda z, a: gen.apply_fn(gen.params, z, edits={LAYER: Edit(a, 0 * a)})[0])(
@@ -183,7 +184,7 @@ def test_stroke_with_remove_tree_removes_the_tree_inside_only(server, world, lab
   ranking = {r["metric"]: r for r in model.rankings(LAYER, "tree")}
   assert "alpha" in ranking, "the fixture's units-tree.json was not picked up"
   units = ranking["alpha"]["units"][:UNITS]
-  seed, blob, plain = _pick_scene(world, labeller, units, model.layers[LAYER]["shape"][2])
+  seed, blob, plain = _pick_scene(world, labeller, units, model.layers[LAYER].shape[2])
 
   with sync_api.sync_playwright() as p:
     browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
@@ -242,7 +243,7 @@ def test_stroke_with_remove_tree_removes_the_tree_inside_only(server, world, lab
   assert sent["seeds"] == [seed] and len(sent["interventions"]) == 1
   stroke = sent["interventions"][0]
   assert stroke["layer"] == LAYER and stroke["units"] == units and stroke["value"] == 0
-  mask = np.asarray(_decode(stroke["mask"]).convert("RGBA"))[..., 3] > 0
+  mask = mask_from_image(_decode(stroke["mask"])) > 0
   assert mask.shape == (size, size) and (mask & blob).sum() >= 0.9 * blob.sum()
 
   # The page showed the seed's scene: the server's image is the generator's (to 1 level).

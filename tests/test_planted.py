@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxdissect import planted, zsample
-from jaxdissect.model import Edit, ablate
+from jaxdissect import Edit, ablate
 
 CONCEPT_INDEX = {name: i for i, (name, _) in enumerate(planted.CONCEPTS)}
 

@@ -14,7 +14,7 @@ def world():
 
 
 def test_bfloat16_generator_is_close_and_returns_float32(world):
-  z = jnp.asarray(zsample.standard_z(4, 0, world.zdim))
+  z = jnp.asarray(zsample.standard_z(4, 0, world.generator.zdim))
   gen16 = precision.generator_in(world.generator, "bfloat16")
   assert all(leaf.dtype == jnp.bfloat16 for leaf in jax.tree.leaves(gen16.params)
              if jnp.issubdtype(leaf.dtype, jnp.floating))
@@ -29,7 +29,7 @@ def test_bfloat16_generator_is_close_and_returns_float32(world):
 
 
 def test_bfloat16_edits_and_segmenter(world):
-  z = jnp.asarray(zsample.standard_z(4, 1, world.zdim))
+  z = jnp.asarray(zsample.standard_z(4, 1, world.generator.zdim))
   gen16 = precision.generator_in(world.generator, "bfloat16")
   seg16 = precision.segmenter_in(world.segmenter, "bfloat16")
   edit = intervene.ablation([0, 5, 9], 128)

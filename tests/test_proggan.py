@@ -131,7 +131,7 @@ def test_lsun_layer_table_by_eval_shape():
   layers = proggan.layer_names(sizes)
   assert layers == tuple(f"layer{i}" for i in range(1, 15)) + ("output_256x256",)
   params = jax.eval_shape(lambda k: proggan.make_generator(sizes, k).params, jax.random.key(0))
-  gen = Generator(proggan.make_apply_fn(sizes), params, layers)
+  gen = Generator(proggan.make_apply_fn(sizes), params, layers, (sizes[0],))
   z = jax.ShapeDtypeStruct((2, 512), jnp.float32)
   image, acts = jax.eval_shape(lambda p, z: gen.apply_fn(p, z, capture=layers), params, z)
   table = {1: (4, 512), 3: (8, 512), 5: (16, 512), 7: (32, 256), 9: (64, 128), 11: (128, 64),

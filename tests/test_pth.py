@@ -106,6 +106,29 @@ def write_zip(path, obj, folder="archive", byteorder="little"):
     zf.writestr(f"{folder}/version", "3\n")
 
 
+def write_state_dict(path, sd):
+  """`sd` (float32 arrays) as a zip-format `torch.save` file, written without torch."""
+  obj = collections.OrderedDict()
+  for i, (key, value) in enumerate(sd.items()):
+    a = np.ascontiguousarray(value, np.float32)
+    storage = Storage(str(i), "FloatStorage", a)
+    obj[key] = Tensor(storage, 0, a.shape, tuple(s // a.itemsize for s in a.strides))
+  write_zip(path, obj)
+
+
+def write_proggan(path, sizes, seed=0):
+  """A ProgGAN of channel list `sizes` in the netdissect key layout, random weights and biases,
+  saved as a torch file at `path` (no torch needed); returns its state dict."""
+  from ports import proggan  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  sd = {}
+  for name, shape in proggan.torch_weight_shapes(sizes).items():
+    sd[f"{name}.conv.weight"] = rng.standard_normal(shape).astype(np.float32)
+    sd[f"{name}.wscale.b"] = (0.1 * rng.standard_normal(shape[0])).astype(np.float32)
+  write_state_dict(path, sd)
+  return sd
+
+
 def write_legacy(path, obj):
   data, storages = _dumps(obj, legacy=True)
   sys_info = {"protocol_version": 1001, "little_endian": True,

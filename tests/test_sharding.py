@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxdissect import dissect, planted, sharding, zoo
+from jaxdissect import dissect, planted, sharding, steps, warmup
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT = 180
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(len(jax.devices()) < 4, reason="needs four (forc
 
 
 def _config(model, layers, n, **kw):
-  return dissect.Config(layers=tuple(layers), n=n, zdim=zoo.latent_dim(model), batch_size=20,
+  return dissect.Config(layers=tuple(layers), n=n, batch_size=20,
                         warmup=40, **kw)
 
 
@@ -77,10 +77,14 @@ def test_device_warmup_finds_the_host_warmup_brackets(scene_world, devices):
   gen, seg = scene_world.generator, scene_world.segmenter
   config = _config("sceneworld", ["layer4", "layer6"], 60)._replace(warmup=50)
   run = dissect.prepare(gen, seg, config, None if devices is None else sharding.data_mesh(devices))
-  zs = [z for _, z in dissect.z_batches(50, config.seed, config.batch_size, config.zdim)]
-  on_device = dissect.device_warmup_brackets(run, zs)
-  on_host = dissect.warmup_brackets(config, run.shapes,
-                                    [dissect._warmup_acts(run, z) for z in zs])  # pylint: disable=protected-access
+  zs = [z for _, z in config.source.batches(50, config.batch_size, run.latent_shape)]
+  shapes = run.shapes
+  acts = [run.generate(sharding.shard_rows(run.mesh, warmup.padded(z, config.batch_size)))
+          for z in zs]
+  on_device = warmup.device_brackets(run.rule, shapes.layers, shapes.seg_size, run.mesh,
+                                     [(len(z), a) for z, a in zip(zs, acts)])
+  on_host = warmup.host_brackets(run.rule, shapes.layers, shapes.seg_size,
+                                 [warmup.gathered(a, len(z)) for z, a in zip(zs, acts)])
   for layer in config.layers:
     for got, want in zip(on_device[layer], on_host[layer], strict=True):
       np.testing.assert_array_equal(got, want, err_msg=layer)
@@ -113,7 +117,8 @@ def test_merge_over_devices_equals_host_merge(planted_world):
   for first, z in dissect.remaining(run, state):
     state = run.step(state, z, np.int32(first))
   per_device = [jax.tree.map(lambda x, i=i: np.asarray(x)[i], state) for i in range(4)]
-  merge = dissect.merge_states(config, run.shapes, run.num_concepts)
+  units = {layer: s[2] for layer, s in run.shapes.layers.items()}
+  merge = steps.merge_fn(run.rule, units, run.num_concepts, config.topk)
   expected = per_device[0]
   for other in per_device[1:]:
     expected = merge(expected, other)

@@ -8,24 +8,24 @@ from jaxdissect import zoo
 
 def test_planted_world_loads_by_name():
   world = zoo.load_world("planted")
-  image, acts = world.generator.apply_fn(world.generator.params, jnp.zeros((2, world.zdim)),
-                                         capture="layer2")
+  gen = world.generator
+  image, acts = gen.apply_fn(gen.params, jnp.zeros((2, gen.zdim)), capture="layer2")
   labels = world.segmenter.label_fn(world.segmenter.params, image)
   assert image.shape == (2, 32, 32, 3) and acts["layer2"].shape == (2, 8, 8, 8)
   assert labels.shape == (2, 32, 32, 1)
 
 
 def test_unknown_name_lists_choices():
-  with pytest.raises(ValueError, match="unknown model 'progan'.*'sceneworld', 'planted'"):
+  with pytest.raises(zoo.SpecError, match="unknown model 'progan'.*'sceneworld', 'planted'"):
     zoo.load_generator("progan")
-  with pytest.raises(ValueError, match="unknown segmenter 'upp'"):
+  with pytest.raises(zoo.SpecError, match="unknown segmenter 'upp'"):
     zoo.load_segmenter("upp")
 
 
 def test_sceneworld_loads_by_name_with_no_files_given():
   world = zoo.load_world()
-  image, acts = world.generator.apply_fn(world.generator.params, jnp.zeros((2, world.zdim)),
-                                         capture="layer4")
+  gen = world.generator
+  image, acts = gen.apply_fn(gen.params, jnp.zeros((2, gen.zdim)), capture="layer4")
   probs = world.segmenter.segment_fn(world.segmenter.params, image)
   assert image.shape == (2, 64, 64, 3) and acts["layer4"].ndim == 4
   assert probs.shape == (2, 64, 64, len(world.segmenter.concepts))

@@ -55,7 +55,8 @@ def sample_z(n: int, seed: int) -> np.ndarray:
 
 def make_generator(params: dict, sizes: Sequence[int] = SIZES) -> Generator:
   """The protocol `Generator` for ProgGAN `params` of channel list `sizes`."""
-  return Generator(proggan.make_apply_fn(sizes), params, proggan.layer_names(sizes))
+  return Generator(proggan.make_apply_fn(sizes), params, proggan.layer_names(sizes),
+                   (sizes[0],))
 
 
 def init_generator_params(key: jax.Array, sizes: Sequence[int] = SIZES) -> dict:

@@ -32,6 +32,10 @@ numpy's SIMD sort is about 7x faster than XLA's CPU sort. Other backends run the
 jnp; both paths write the same entries, so states are bit-identical. Jit `update` with
 `donate_argnums=0` in a streaming loop: otherwise XLA copies the level array on every call.
 
+This module holds the sketch: its state, invariants and algebra, and which kernels run where.
+The numpy kernels live in `quantile_cpu`, the jnp ones in `quantile_jnp`, and the int32 keys
+all three share in `quantile_keys`.
+
 Values are stored as order-preserving int32 keys. Non-finite inputs are counted in `nonfinite` and
 left out, never mixed into quantiles. Rank error is below 1e-3 at the default size on adversarial
 streams (see `tests/test_stats_quantile.py`); min and max are tracked exactly.
@@ -39,8 +43,6 @@ streams (see `tests/test_stats_quantile.py`); min and max are tracked exactly.
 
 from __future__ import annotations
 
-import os
-import threading
 from typing import Callable, NamedTuple
 
 import jax
@@ -48,13 +50,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdissect.stats.base import Stat
+from jaxdissect.stats.quantile_cpu import buffer_callback, host_compact, host_ingest
+from jaxdissect.stats.quantile_jnp import device_compact, device_ingest, write
+from jaxdissect.stats.quantile_keys import EMPTY, LOWEST, from_key, to_key
 
-try:  # an experimental jax API: without it the CPU runs the jnp kernels too (slower, same state)
-  from jax.experimental.buffer_callback import buffer_callback  # pylint: disable=g-import-not-at-top
-except ImportError:  # pragma: no cover - depends on the installed jax
-  buffer_callback = None
-
-EMPTY = np.iinfo(np.int32).max  # key of a hole or free slot; larger than the key of +inf
+__all__ = ["EMPTY", "QuantileState", "cdf", "compact_level", "from_key", "ingest_block",
+           "memory_bytes", "quantile_sketch", "quantiles", "to_key"]
 
 
 class QuantileState(NamedTuple):
@@ -85,228 +86,12 @@ class QuantileState(NamedTuple):
   rng: jax.Array
 
 
-def to_key(x: jax.Array) -> jax.Array:
-  """Maps float32 to int32 so that integer order equals float order (-0.0 sorts before 0.0)."""
-  b = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
-  return jnp.where(b < 0, b ^ jnp.int32(0x7FFFFFFF), b)
-
-
-def from_key(k: jax.Array) -> jax.Array:
-  """Inverse of `to_key`."""
-  b = jnp.where(k < 0, k ^ jnp.int32(0x7FFFFFFF), k)
-  return jax.lax.bitcast_convert_type(b, jnp.float32)
-
-
 # ---- the two heavy kernels, in place: numpy on the CPU backend, jnp elsewhere ----
 #
 # Both write into the level array `keys` `[J, U, 2k]`: numpy through `buffer_callback` with the
-# array aliased to the output (no copy at all; `pure_callback` would copy operands and results,
-# which costs as much as the sort), jnp through `dynamic_update_slice`. Both write exactly the
-# same entries, so the two paths give bit-identical states.
-
-_LOWEST = np.iinfo(np.int32).min
-_KEY_POS_INF = int(np.float32(np.inf).view(np.int32))  # keys of finite values lie strictly
-_KEY_NEG_INF = int(np.float32(-np.inf).view(np.int32)) ^ 0x7FFFFFFF  # between these two
-def _in_parallel(fn: Callable[[slice], None], num_units: int) -> None:
-  """Runs `fn` on slices of the units, one per CPU core (numpy releases the GIL in its loops).
-
-  The caller's thread takes the first slice and a plain thread each of the others; they live
-  only for the call (starting one costs microseconds against milliseconds of sorting), so the
-  module holds no pool between calls. An exception in any slice is raised here.
-  """
-  cores = min(os.cpu_count() or 1, 8)
-  if cores == 1 or num_units < 64:
-    fn(slice(0, num_units))
-    return
-  step = -(-num_units // cores // _CHUNK) * _CHUNK  # whole chunks keep pieces aligned
-  chunks = [slice(lo, min(lo + step, num_units)) for lo in range(0, num_units, step)]
-  errors = []
-
-  def run(chunk: slice) -> None:
-    try:
-      fn(chunk)
-    except BaseException as e:  # pylint: disable=broad-exception-caught
-      errors.append(e)
-
-  threads = [threading.Thread(target=run, args=(c,), name="sketch") for c in chunks[1:]]
-  for thread in threads:
-    thread.start()
-  run(chunks[0])
-  for thread in threads:
-    thread.join()
-  if errors:
-    raise errors[0]
-
-
-def _lead(out: np.ndarray, *args) -> tuple[tuple[int, ...], list[np.ndarray]]:
-  """Leading (vmapped) shape of `out` and the `(array, trailing ndim)` args broadcast to it."""
-  lead = out.shape[:out.ndim - 3]
-  return lead, [np.broadcast_to(np.asarray(a), lead + np.shape(a)[np.ndim(a) - nd:])
-                for a, nd in args]
-
-
-_CHUNK = 64  # units per piece of numpy work (fewer, larger numpy calls: the GIL is shared)
-_TILE = 4096  # rows per transposing copy (one call per piece at the default block size)
-
-
-def _to_keys_inplace(x: np.ndarray) -> None:
-  """float32 bits (viewed as int32) -> order-preserving keys, as `to_key`."""
-  sign = np.right_shift(x, 31)
-  np.bitwise_and(sign, 0x7FFFFFFF, out=sign)
-  np.bitwise_xor(x, sign, out=x)
-
-
-_QUAD = np.dtype((np.void, 16))  # four float32 moved as one opaque 16-byte element
-
-
-def _transpose_keys(block: np.ndarray, out: np.ndarray) -> None:
-  """Writes the keys of float32 `block` `[b, u]` to `out` `[u, b]`, in cache-sized tiles.
-
-  numpy's transposing copy moves one element per strided load, so when the layout allows, four
-  neighbouring units travel together as one 16-byte element and are split apart afterwards in
-  cache: about twice as fast as moving single floats.
-  """
-  b, u = block.shape
-  if u % 4 == 0 and block.strides[1] == 4 and block.strides[0] % 16 == 0 and (
-      block.ctypes.data % 16 == 0):
-    wide = block.view(_QUAD)
-    quads = np.empty((u // 4, b), _QUAD)
-    for lo in range(0, b, _TILE):
-      quads[:, lo:lo + _TILE] = wide[lo:lo + _TILE].T
-    split = quads.view(np.float32).reshape(u // 4, b, 4).transpose(0, 2, 1)
-    out.view(np.float32).reshape(u // 4, 4, b)[...] = split
-  else:
-    bits = out.view(np.float32)
-    for lo in range(0, b, _TILE):
-      bits[:, lo:lo + _TILE] = block[lo:lo + _TILE].T
-  _to_keys_inplace(out)
-
-
-def _mask_nonfinite(x: np.ndarray, rows: np.ndarray) -> None:
-  """Replaces the keys of non-finite values in `x[rows]` by `EMPTY` (rare: callers check the
-  extremes first)."""
-  sub = x[rows]
-  sub[(sub <= _KEY_NEG_INF) | (sub >= _KEY_POS_INF)] = EMPTY
-  x[rows] = sub
-
-
-def _pick(ordered: np.ndarray, offset: np.ndarray, stride: int, out: np.ndarray) -> None:
-  """`out[u, i] = ordered[u, offset[u] + stride * i]` for the leading `width // stride` slots
-  (one flat gather: `take_along_axis` on the `[u, groups, stride]` view is about 2x slower)."""
-  rows, width = ordered.shape
-  start = np.arange(rows, dtype=np.intp) * width + offset
-  index = start[:, None] + np.arange(0, width, stride, dtype=np.intp)[None, :]
-  out[:, :width // stride] = ordered.reshape(-1)[index]
-
-
-def _numpy_thin(rows: np.ndarray, n: int, offset: np.ndarray, stride: int, out: np.ndarray):
-  """`out[u, i]` = `sorted(rows[u, :n])[offset[u] + stride * i]` (`EMPTY` past `n`) for the
-  `ceil(n / stride)` leading slots of `out`; later slots are left alone."""
-  groups = -(-n // stride)
-  if groups == 0:
-    return
-  buf = np.empty((min(_CHUNK, rows.shape[0]), groups * stride), np.int32)
-  buf[:, n:] = EMPTY
-  for lo in range(0, rows.shape[0], _CHUNK):
-    hi = min(lo + _CHUNK, rows.shape[0])
-    ordered = buf[:hi - lo]
-    ordered[:, :n] = rows[lo:hi, :n]
-    ordered.sort(axis=-1)
-    _pick(ordered, offset[lo:hi], stride, out[lo:hi])
-
-
-def _numpy_ingest(block, keys, slot, at, stride, offset, stats):
-  """Level-0 items of raw `block` `[b, U']` into `keys[slot, :, at:]`, and per unit the finite
-  count, smallest key and largest key (`EMPTY` / int32 min if none) into `stats` `[3, U']`.
-
-  Works through the units in cache-sized pieces: transpose to keys, then (with `stride` > 1)
-  sort and pick every `stride`-th, all while the piece is in cache. Non-finite values become
-  `EMPTY` (a hole); they are found from each unit's extremes, so clean data pays no extra pass.
-  """
-  b, units = block.shape
-  if stride > 1:  # a sort buffer, padded with holes to whole strides
-    buf = np.empty((min(_CHUNK, units), -(-b // stride) * stride), np.int32)
-    buf[:, b:] = EMPTY
-  for lo in range(0, units, _CHUNK):
-    hi = min(lo + _CHUNK, units)
-    x = buf[:hi - lo] if stride > 1 else keys[slot, lo:hi, at:at + b]
-    _transpose_keys(block[:, lo:hi], x[:, :b])
-    if stride > 1:
-      x.sort(axis=-1)
-      low, high = x[:, 0], x[:, b - 1]
-    else:
-      low, high = x.min(axis=-1), x.max(axis=-1)
-    bad = np.flatnonzero((low <= _KEY_NEG_INF) | (high >= _KEY_POS_INF))
-    count = np.full((hi - lo,), b, np.int32)
-    if bad.size:
-      _mask_nonfinite(x, bad)
-      count[bad] = (x[bad, :b] != EMPTY).sum(axis=-1, dtype=np.int32)
-      if stride > 1:
-        x[bad] = np.sort(x[bad], axis=-1)
-      low = x[:, :b].min(axis=-1)
-      high = np.where(x[:, :b] == EMPTY, _LOWEST, x[:, :b]).max(axis=-1)
-    stats[:, lo:hi] = count, low, high
-    if stride > 1:
-      _pick(x, offset[lo:hi], stride, keys[slot, lo:hi, at:])
-
-
-def _host_ingest_callback(ctx, outs, keys, blocks, index, slot, at, stride, offset):
-  del ctx, keys  # `keys` is aliased to `outs[0]`
-  keys, stats = np.asarray(outs[0]), np.asarray(outs[1])
-  lead, (blocks, index, slot, at, stride, offset) = _lead(
-      keys, (blocks, 3), (index, 0), (slot, 0), (at, 0), (stride, 0), (offset, 1))
-  for i in np.ndindex(*lead):
-    block, args = blocks[i][int(index[i])], (int(slot[i]), int(at[i]), int(stride[i]))
-    _in_parallel(lambda u: _numpy_ingest(block[:, u], keys[i][:, u], *args, offset[i][u],
-                                         stats[i][:, u]), keys.shape[-2])
-
-
-def _host_compact_callback(ctx, out, keys, src, n, offset, stride, dst, at):
-  del ctx, keys  # `keys` is aliased to `out`
-  keys = np.asarray(out)
-  lead, (src, n, offset, stride, dst, at) = _lead(
-      keys, (src, 0), (n, 0), (offset, 1), (stride, 0), (dst, 0), (at, 0))
-  for i in np.ndindex(*lead):
-    rows, num, target = keys[i][int(src[i])], int(n[i]), keys[i][int(dst[i]), :, int(at[i]):]
-    _in_parallel(lambda u: _numpy_thin(rows[u], num, offset[i][u], int(stride[i]), target[u]),
-                 keys.shape[-2])
-
-
-def _device_thin(rows, n, offset, stride, width):
-  """jnp version of `_numpy_thin`, returning `[U, width]` with `EMPTY` in unused slots."""
-  size = rows.shape[-1]
-  ordered = jnp.sort(jnp.where(jnp.arange(size) < n, rows, EMPTY), axis=-1)
-  i = jnp.arange(width, dtype=jnp.int32)[None, :]
-  valid = i < (n - offset[:, None] + stride - 1) // stride
-  idx = jnp.where(valid, offset[:, None] + stride * i, 0)
-  picked = jnp.take_along_axis(ordered, jnp.minimum(idx, size - 1), axis=-1)
-  return jnp.where(valid, picked, EMPTY)
-
-
-def _write(keys, slot, at, items, count):
-  """Writes the first `count` columns of `items` `[U, w]` to `keys[slot, :, at:]`, in place."""
-  start = (slot, 0, at)
-  current = jax.lax.dynamic_slice(keys, start, (1,) + items.shape)[0]
-  items = jnp.where(jnp.arange(items.shape[1]) < count, items, current)
-  return jax.lax.dynamic_update_slice(keys, items[None], start)
-
-
-def _device_ingest(keys, blocks, index, slot, at, stride, offset):
-  raw = to_key(jax.lax.dynamic_index_in_dim(blocks, index, 0, keepdims=False).T)
-  finite = (raw > _KEY_NEG_INF) & (raw < _KEY_POS_INF)
-  raw = jnp.where(finite, raw, EMPTY)
-  stats = jnp.stack([finite.sum(-1, dtype=jnp.int32), raw.min(-1),
-                     jnp.where(finite, raw, _LOWEST).max(-1)])
-  b = raw.shape[1]
-  items = jax.lax.cond(stride == 1, lambda: raw, lambda: _device_thin(raw, b, offset, stride, b))
-  return _write(keys, slot, at, items, (b - 1) // stride + 1), stats
-
-
-def _device_compact(keys, src, n, offset, stride, dst, at):
-  rows = jax.lax.dynamic_index_in_dim(keys, src, 0, keepdims=False)
-  k = keys.shape[-1] // 2
-  return _write(keys, dst, at, _device_thin(rows, n, offset, stride, k),
-                (n + stride - 1) // stride)
+# array aliased to the output (`quantile_cpu`), jnp through `dynamic_update_slice`
+# (`quantile_jnp`). Both write exactly the same entries, so the two paths give bit-identical
+# states.
 
 
 def _numpy_on_cpu(host: Callable, device: Callable, *args):
@@ -334,28 +119,16 @@ def ingest_block(keys: jax.Array, blocks: jax.Array, index, slot, at, stride,
     The new `keys` and `[3, U]` int32 per-unit statistics of the block: finite count, smallest
     key, largest key (`EMPTY` / int32 min when a unit has no finite value).
   """
-  return _numpy_on_cpu(_host_ingest, _device_ingest, keys, blocks,
+  return _numpy_on_cpu(host_ingest, device_ingest, keys, blocks,
                        jnp.asarray(index, jnp.int32), slot, at, stride, offset.astype(jnp.int32))
-
-
-def _host_ingest(keys, blocks, *args):
-  shapes = (jax.ShapeDtypeStruct(keys.shape, jnp.int32),
-            jax.ShapeDtypeStruct((3, keys.shape[1]), jnp.int32))
-  return buffer_callback(_host_ingest_callback, shapes, vmap_method="broadcast_all",
-                         input_output_aliases={0: 0})(keys, blocks, *args)
 
 
 def compact_level(keys: jax.Array, src, n, offset: jax.Array, stride, dst, at) -> jax.Array:
   """Sorts the first `n` items of slot `src` and writes every `stride`-th one, from `offset`
   `[U]` (in `[0, stride)` per unit), to `keys[dst, :, at:at + ceil(n / stride)]`, in place.
   Returns the new `keys`."""
-  return _numpy_on_cpu(_host_compact, _device_compact, keys, src, n, offset.astype(jnp.int32),
+  return _numpy_on_cpu(host_compact, device_compact, keys, src, n, offset.astype(jnp.int32),
                        stride, dst, at)
-
-
-def _host_compact(keys, *args):
-  return buffer_callback(_host_compact_callback, jax.ShapeDtypeStruct(keys.shape, jnp.int32),
-                         vmap_method="broadcast_all", input_output_aliases={0: 0})(keys, *args)
 
 
 # ---- the sketch ----
@@ -503,7 +276,7 @@ def quantile_sketch(num_units: int, k: int = 4096, num_levels: int = 8, seed: in
     blocks = jnp.pad(x, ((0, n * b - rows), (0, 0)), constant_values=jnp.nan).reshape(
         n, b, num_units)
     low = jnp.full((num_units,), EMPTY, jnp.int32)
-    high = jnp.full((num_units,), _LOWEST, jnp.int32)
+    high = jnp.full((num_units,), LOWEST, jnp.int32)
     carry = (state, state.count, low, high)
     if n == 1:
       carry = _push_block(carry, blocks, 0, raw_jump)
@@ -514,7 +287,7 @@ def quantile_sketch(num_units: int, k: int = 4096, num_levels: int = 8, seed: in
         count=count,
         nonfinite=state.nonfinite + rows - (count - state.count),
         minimum=jnp.minimum(state.minimum, jnp.where(low == EMPTY, jnp.inf, from_key(low))),
-        maximum=jnp.maximum(state.maximum, jnp.where(high == _LOWEST, -jnp.inf,
+        maximum=jnp.maximum(state.maximum, jnp.where(high == LOWEST, -jnp.inf,
                                                      from_key(high))),
     )
 
@@ -528,7 +301,7 @@ def quantile_sketch(num_units: int, k: int = 4096, num_levels: int = 8, seed: in
     for j in range(num_levels):  # b is settled, so every level of b holds fewer than k items
       src, dst = _slot(b, j), _slot(a, j)
       items = jax.lax.dynamic_index_in_dim(b.keys, src, 0, keepdims=False)[:, :k]
-      keys = _write(a.keys, dst, a.fill[dst], items, b.fill[src])
+      keys = write(a.keys, dst, a.fill[dst], items, b.fill[src])
       a = _resolve(a._replace(keys=keys, fill=a.fill.at[dst].add(b.fill[src])), raw_jump)
     rng = jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(a.rng), 1))
     return a._replace(

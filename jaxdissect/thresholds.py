@@ -1,0 +1,166 @@
+"""Threshold rules as values: what "a unit is on" means, chosen once per dissection.
+
+A dissection asks three things of its threshold rule: which running tally to keep per layer
+(and on what bracket of values), how the warmup's activations set that bracket, and how the
+finished tally turns into thresholds, IoU and labels. `TopQuantile` (a unit is on in its top q,
+the PNAS default) and `IqrGrid` (GAN Dissection's IQR-maximising level) answer them; the engine
+(`jaxdissect.dissect`) holds one rule and never asks which one it is, the way an optax optimizer
+is a value its training loop does not inspect.
+
+`TopQuantile` tallies fine per-concept histograms over a per-unit bracket that the warmup says
+will hold the unit's threshold (`stats.tail`); the exact-quantile threshold and every IoU are read
+off with hard error bounds, and units whose bound is wider than the tolerance get a narrower
+bracket for another pass. `IqrGrid` tallies per-concept CDFs on a grid of 100 levels per unit
+(the warmup's quantiles at 1 - logspace(-3, 0, 100)) and picks the level of highest IQR; IoU at a
+grid level is an exact count.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Sequence
+
+import numpy as np
+
+from jaxdissect.stats import conditional, tail
+from jaxdissect.stats.topk import largest_values
+
+IQR_LEVELS = 1.0 - np.logspace(-3, 0, 100)[::-1]  # ascending quantile levels of the IQR grid
+
+
+class LayerOutcome(NamedTuple):
+  """A finished layer tally read off by a rule (U units, K label values).
+
+  `iou_bound` is the largest possible error of any IoU of the unit (0 for exact counts); `iqr`
+  the IQR of the label (zeros where the rule does not compute it); `refine` the brackets of a
+  next pass when some unit's bound exceeds the tolerance, else None.
+  """
+
+  thresholds: np.ndarray
+  iou: np.ndarray
+  label: np.ndarray
+  iou_bound: np.ndarray
+  iqr: np.ndarray
+  refine: Any
+
+
+class TopQuantile(NamedTuple):
+  """A unit is on where its upsampled activation is in its top `q` (0 < q < 1)."""
+
+  q: float
+  num_bins: int = 2048
+  tolerance: float = 1e-3
+
+  name = "quantile"
+  bracket_fields = ("lo", "width")
+  device_warmup = True  # the bracket needs only each unit's largest values
+
+  def stat(self, num_concepts: int, units: int, bracket: Any = None):
+    lo, hi = (np.zeros(units, np.float32), np.ones(units, np.float32)) if bracket is None \
+        else bracket
+    return tail.tail_histogram(units, num_concepts, lo, hi, self.num_bins)
+
+  def update(self, num_concepts: int, units: int) -> Callable:
+    """`f(state, upsampled, labels, raw) -> state` (the tail tally also takes the raw map)."""
+    update = self.stat(num_concepts, units).update
+    return lambda state, up, labels, raw: update(state, up, labels, raw)
+
+  def bracket_of(self, state: tail.TailState) -> Any:
+    lo = np.asarray(state.lo)
+    return lo, lo + np.asarray(state.width) * self.num_bins
+
+  def warmup_bracket(self, values: Sequence[np.ndarray]) -> Any:
+    """`(lo, hi)` per unit from `[U, N_i]` batches of upsampled warmup values."""
+    total = sum(v.shape[1] for v in values)
+    return self.bracket_of_largest(largest_values(values, self.keep(total)), total)
+
+  def keep(self, total: int) -> int:
+    """How many of each unit's largest values (of `total`) the bracket is read from."""
+    return _tail_ranks(total, self.q)[1]
+
+  def bracket_of_largest(self, kept: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray]:
+    """`(lo, hi)` from each unit's `keep(total)` largest of `total` values (in any order):
+    the order statistics at 3q and q/3 from the top. A value at the q-quantile shared by many
+    pixels (a ReLU's zero) becomes lo itself, so the threshold lands on the point mass exactly."""
+    rank_q, rank_lo, rank_hi = _tail_ranks(total, self.q)
+    top = np.sort(kept, axis=1)[:, ::-1]  # descending: top[:, r - 1] has rank r
+    at_q = top[:, rank_q - 1]
+    lo = top[:, rank_lo - 1]
+    tied = np.sum(kept == at_q[:, None], axis=1) > max(1, rank_q // 10)
+    lo = np.where(tied, at_q, lo)
+    hi = np.maximum(top[:, rank_hi - 1], lo)
+    return lo.astype(np.float32), hi.astype(np.float32)
+
+  def outcome(self, state: tail.TailState) -> LayerOutcome:
+    res = tail.tail_iou(state, float(self.q))
+    bound = np.max(np.maximum(res.iou_high - res.iou, res.iou - res.iou_low), axis=1)
+    bound = np.where(res.resolved, bound, 1.0)
+    lo, hi, redo = tail.refine_brackets(state, res, self.tolerance)
+    label = np.argmax(res.iou, axis=1)
+    return LayerOutcome(res.thresholds, res.iou, label, bound, np.zeros(len(res.thresholds)),
+                        (lo, hi) if redo.any() else None)
+
+
+class IqrGrid(NamedTuple):
+  """A unit's threshold is the level of a 100-level grid that maximises the IQR of its label
+  (GAN Dissection's rule); `seed` picks the warmup subsample the grid is read from."""
+
+  seed: int = 1
+  cap: int = 200_000
+
+  name = "iqr"
+  bracket_fields = ("edges",)
+  device_warmup = False
+
+  def stat(self, num_concepts: int, units: int, bracket: Any = None):
+    edges = np.zeros((units, len(IQR_LEVELS)), np.float32) if bracket is None else bracket
+    return conditional.conditional_histogram(units, num_concepts, edges)
+
+  def update(self, num_concepts: int, units: int) -> Callable:
+    update = self.stat(num_concepts, units).update
+    return lambda state, up, labels, raw: update(state, up, labels)
+
+  def bracket_of(self, state: conditional.ConditionalState) -> Any:
+    return np.asarray(state.edges)
+
+  def warmup_bracket(self, values: Sequence[np.ndarray]) -> Any:
+    """`[U, 100]` quantiles at IQR_LEVELS of the warmup values (a fixed subsample of <= cap)."""
+    values = np.concatenate(values, axis=1)
+    if values.shape[1] > self.cap:
+      cols = np.random.RandomState(self.seed).choice(values.shape[1], self.cap, replace=False)
+      values = values[:, np.sort(cols)]
+    grid = np.quantile(values, IQR_LEVELS, axis=1).T
+    return np.maximum.accumulate(grid, axis=1).astype(np.float32)
+
+  def outcome(self, state: conditional.ConditionalState) -> LayerOutcome:
+    chosen = conditional.iqr_thresholds(state)
+    above = np.asarray(state.above, np.float64)  # [K, U, T]
+    units = np.arange(above.shape[1])
+    ic = above[:, units, chosen.level_index]  # [K, U]
+    concept = np.asarray(state.pixels, np.float64)[:, None]
+    union = ic[0][None] + concept - ic
+    scores = np.where(union > 0, ic / np.maximum(union, 1.0), 0.0).T
+    scores[:, 0] = 0.0
+    return LayerOutcome(chosen.thresholds, scores, chosen.labels,
+                        np.zeros(len(chosen.thresholds)), chosen.iqr, None)
+
+
+ThresholdRule = TopQuantile | IqrGrid
+
+
+def rule_for(threshold: float | str, *, num_bins: int = 2048, tolerance: float = 1e-3,
+             seed: int = 1) -> ThresholdRule:
+  """The rule a `threshold` setting names: a top fraction q in (0, 1), or "iqr"."""
+  if isinstance(threshold, str):
+    if threshold != "iqr":
+      raise ValueError(f"threshold {threshold!r} is neither a number in (0, 1) nor 'iqr'")
+    return IqrGrid(seed)
+  if not 0.0 < float(threshold) < 1.0:
+    raise ValueError(f"threshold {threshold} is out of range; give a top fraction q with "
+                     "0 < q < 1, e.g. 0.01, or 'iqr'")
+  return TopQuantile(float(threshold), num_bins, tolerance)
+
+
+def _tail_ranks(total: int, q: float) -> tuple[int, int, int]:
+  """1-based ranks from the top of the q-quantile, the bracket's low end and its high end."""
+  rank_q = max(1, int(round(q * total)))
+  return rank_q, min(total, 3 * rank_q), max(1, rank_q // 3)

@@ -1,0 +1,114 @@
+"""The label vocabulary of the unified-parsing segmenter: one numbering for objects, parts and
+materials, read from the model's `labels.json`.
+
+Label numbering (`LabelSpace.concepts`), with N objects and M materials besides '-', mult = 5 with
+quad else 1:
+  0 '-'; 1..N objects; N+l, 2N+l, 3N+l, 4N+l the quad labels `{object}-t`, `-l`, `-b`, `-r`
+  (category 'part'); mult*N+1 .. mult*N+M materials; then the part names that are not object
+  names, numbered in first-seen order over the owners. A part that is also an object name (a
+  building's 'door') takes that object's label; a part '-' means no part (label 0). Owners are
+  sky, building, person (the original's choice), or with `all_parts` every owner in the order of
+  `labels['object_part']`. The decoder's part logits are per owner in ascending object index; this
+  port maps each owner to its own slice (the original assumes the two orders agree).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping, NamedTuple
+
+# The only owners whose parts netdissect's GAN dissection uses, in its numbering order.
+DEFAULT_PART_OWNERS = ("sky", "building", "person")
+QUAD_SUFFIXES = ("t", "l", "b", "r")  # label offsets N, 2N, 3N, 4N
+CATEGORIES = ("object", "part", "material")  # the original's category list, in its order
+
+
+class Owner(NamedTuple):
+  """An object whose parts are labelled: its object label, which of the decoder's per-owner
+  part slices holds its parts, and each part's label (0 for '-')."""
+
+  name: str
+  label: int
+  slice: int
+  part_labels: tuple[int, ...]
+
+
+class LabelSpace(NamedTuple):
+  """Everything the labelling needs from `labels.json` and the options (hashable, static)."""
+
+  num_objects: int  # N, objects besides '-'
+  num_materials: int  # M, materials besides '-'
+  mult: int  # 5 with quad labels, else 1
+  part_slices: tuple[int, ...]  # parts per owner, in decoder order (ascending object index)
+  owners: tuple[Owner, ...]  # the owners whose parts are labelled, in numbering order
+  concepts: tuple[tuple[str, str], ...]
+
+  @property
+  def quad(self) -> bool:
+    return self.mult == 5
+
+  @property
+  def heads(self) -> tuple[int, int, int]:
+    """Output channels of the object, part and material heads."""
+    return self.num_objects + 1, sum(self.part_slices), self.num_materials + 1
+
+  @property
+  def material_offset(self) -> int:
+    return self.mult * self.num_objects
+
+
+def read_labels(path: str) -> dict[str, Any]:
+  """The `labels.json` of a unified-parsing model: `object`, `material`, `object_part`, ..."""
+  with open(path, encoding="utf-8") as f:
+    labels = json.load(f)
+  check_labels(labels, path)
+  return labels
+
+
+def check_labels(labels: Mapping[str, Any], where: str = "labels") -> None:
+  """Raises ValueError unless `labels` has the keys and structure the segmenter relies on."""
+  for key in ("object", "material", "object_part"):
+    if key not in labels:
+      raise ValueError(f"{where} has no {key!r} entry; keys are: {', '.join(map(repr, labels))}")
+  for key in ("object", "material"):
+    if not labels[key] or labels[key][0] != "-":
+      raise ValueError(f"{where}: {key!r} list must start with '-', got "
+                       f"{list(labels[key][:3])!r}...")
+  unknown = [o for o in labels["object_part"] if o not in labels["object"]]
+  if unknown:
+    raise ValueError(f"{where}: object_part owner(s) {', '.join(map(repr, unknown))} are not in "
+                     f"the object list")
+
+
+def label_space(labels: Mapping[str, Any], *, quad: bool = True,
+                all_parts: bool = False) -> LabelSpace:
+  """The label numbering of `labels` (see the module docstring) with or without quad labels."""
+  check_labels(labels)
+  objects, materials = list(labels["object"]), list(labels["material"])
+  object_part = labels["object_part"]
+  n, m, mult = len(objects) - 1, len(materials) - 1, 5 if quad else 1
+  index = {name: i for i, name in enumerate(objects)}
+  decoder_order = sorted(object_part, key=index.__getitem__)
+  used = list(object_part) if all_parts else list(DEFAULT_PART_OWNERS)
+  missing = [o for o in used if o not in object_part]
+  if missing:
+    raise ValueError(f"part owner(s) {', '.join(map(repr, missing))} have no parts in "
+                     f"labels['object_part'] (owners: {', '.join(map(repr, object_part))}); "
+                     f"use all_parts=True for other label sets")
+  part_numbers: dict[str, int] = {}
+  first_part = mult * n + 1 + m
+  owners = []
+  for name in used:
+    numbers = []
+    for part in object_part[name]:
+      if part in index:
+        numbers.append(index[part])
+      else:
+        numbers.append(part_numbers.setdefault(part, first_part + len(part_numbers)))
+    owners.append(Owner(name, index[name], decoder_order.index(name), tuple(numbers)))
+  concepts = ([(o, "object") for o in objects]
+              + [(f"{o}-{s}", "part") for s in (QUAD_SUFFIXES if quad else ()) for o in objects[1:]]
+              + [(mat, "material") for mat in materials[1:]]
+              + [(p, "part") for p in part_numbers])
+  return LabelSpace(n, m, mult, tuple(len(object_part[o]) for o in decoder_order), tuple(owners),
+                    tuple(concepts))
