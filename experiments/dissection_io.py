@@ -8,7 +8,6 @@ each script: one line naming the value and the valid ones.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -18,7 +17,8 @@ from experiments import models
 from experiments.cli import UsageError
 from jaxdissect import causal
 from jaxdissect.report import document
-from jaxdissect.report.reader import Dissection, DissectionReadError, LayerRecord, read_dissection
+from jaxdissect.report.reader import (Dissection, DissectionReadError, LayerRecord,
+                                      read_dissection, read_unit_set)
 
 
 def open_dissection(folder: str) -> tuple[Dissection, models.Models]:
@@ -66,11 +66,9 @@ def learned_alpha(folder: str, concept: str, layer: LayerRecord, flag: str) -> n
   if not os.path.exists(path):
     raise UsageError(f"{flag} needs {path}; run experiments.optimize_units first")
   try:
-    with open(path) as f:
-      learned = json.load(f)
-    name, alpha = learned["layer"], np.asarray(learned["alpha"], np.float32)
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise UsageError(f"{flag}: {path} is not a units file of optimize_units ({e})") from None
+    name, _, alpha = read_unit_set(path)
+  except DissectionReadError as e:
+    raise UsageError(f"{flag}: {e}") from None
   if name != layer.layer:
     raise UsageError(f"{path} holds coefficients of {name}, not {layer.layer}; pass --layer "
                      f"{name}")

@@ -27,7 +27,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxdissect import sharding, steps, warmup
 from jaxdissect.errors import check_choice
-from jaxdissect.latents import Latents, seeded
+from jaxdissect.latents import Latents, pad_rows, seeded
 from jaxdissect.model import Generator, Segmenter
 from jaxdissect.stats.topk import topk as topk_stat
 from jaxdissect.thresholds import ThresholdRule, rule_for
@@ -240,7 +240,7 @@ def gather_state(run: Run, state: State) -> State:
 
 def _acts_of(run: Run, z: np.ndarray) -> dict[str, jax.Array]:
   """Device activations of a (padded, sharded) batch of latents."""
-  return run.generate(sharding.shard_rows(run.mesh, warmup.padded(z, run.config.batch_size)))
+  return run.generate(sharding.shard_rows(run.mesh, pad_rows(z, run.config.batch_size)))
 
 
 def start(run: Run) -> State:

@@ -16,7 +16,7 @@ import numpy as np
 
 from jaxdissect.model import Generator
 from jaxdissect.images import to_uint8
-from jaxdissect.latents import Latents
+from jaxdissect.latents import Latents, pad_rows
 
 
 class UnitExamples(NamedTuple):
@@ -43,9 +43,8 @@ def top_examples(gen: Generator, top_indices: Mapping[str, np.ndarray], latents:
   chunks = [wanted[i:i + batch_size] for i in range(0, len(wanted), batch_size)]
   done = 0
   for chunk in chunks:
-    z = latents.rows(chunk, gen.latent_shape)
-    pad = batch_size - len(chunk)  # one shape for every call: no retrace on the last chunk
-    images, acts = run(jnp.asarray(np.pad(z, ((0, pad),) + ((0, 0),) * (z.ndim - 1))))
+    z = pad_rows(latents.rows(chunk, gen.latent_shape), batch_size)  # one shape: no retrace
+    images, acts = run(jnp.asarray(z))
     images = np.asarray(to_uint8(images[: len(chunk)]))
     for layer in layers:
       idx = np.asarray(top_indices[layer])

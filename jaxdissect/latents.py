@@ -87,6 +87,15 @@ class Latents(NamedTuple):
             "shape": [int(s) for s in self.array.shape[1:]], "sha256": digest}
 
 
+def pad_rows(z: np.ndarray, size: int) -> np.ndarray:
+  """A short batch padded with zero rows to `size`: one compiled shape for every batch."""
+  if len(z) == size:
+    return z
+  out = np.zeros((size, *z.shape[1:]), z.dtype)
+  out[:len(z)] = z
+  return out
+
+
 def seeded(seed: int) -> Latents:
   """The original's prefix-stable standard-normal sample numbered `seed`."""
   return Latents(seed=int(seed))

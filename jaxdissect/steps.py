@@ -23,7 +23,7 @@ from jaxdissect import sharding
 from jaxdissect.model import Generator, Segmenter
 from jaxdissect.stats.topk import topk as topk_stat
 from jaxdissect.upsample import upsample
-from jaxdissect.warmup import padded
+from jaxdissect.latents import pad_rows
 
 
 def in_chunks(fn: Callable, chunk: int) -> Callable:
@@ -150,7 +150,7 @@ def sharded_step_fn(forward: Callable, tally: Callable, batch_size: int, mesh: M
     z = np.asarray(z)
     rows = z.shape[0]
     first = sharding.replicate(mesh, np.int32(int(start)))
-    return step_for(rows)(state, sharding.shard_rows(mesh, padded(z, batch_size)), first)
+    return step_for(rows)(state, sharding.shard_rows(mesh, pad_rows(z, batch_size)), first)
 
   step.cache_size = lambda: sum(fn._cache_size() for fn in compiled.values())  # pylint: disable=protected-access
   return step

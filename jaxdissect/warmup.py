@@ -103,13 +103,3 @@ def on_device(rule: Any, where: str) -> bool:
 def gathered(acts: Mapping[str, jax.Array], rows: int) -> dict[str, np.ndarray]:
   """Host copies of the first `rows` of every layer's activations (from all devices)."""
   return {layer: sharding.gather_rows(a)[:rows] for layer, a in acts.items()}
-
-
-def padded(z: np.ndarray, size: int) -> np.ndarray:
-  """A short batch padded with zero rows to `size`: one compiled shape for every batch."""
-  if len(z) == size:
-    return z
-  out = np.zeros((size, *z.shape[1:]), z.dtype)
-  out[:z.shape[0]] = z
-  return out
-

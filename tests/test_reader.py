@@ -58,7 +58,7 @@ def _paths(doc, prefix=()):
       yield from _paths(v, prefix + (i,))
 
 
-JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-3, 10 ** 12) | st.floats()
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-3, 10 ** 400) | st.floats()
                            | st.text(max_size=8),
                            lambda inner: st.lists(inner, max_size=3)
                            | st.dictionaries(st.text(max_size=6), inner, max_size=3),
@@ -102,6 +102,9 @@ def test_random_bytes_fail_only_with_the_named_errors(tmp_path, raw):
   (tmp_path / "dissect.json").write_bytes(raw)
   with pytest.raises(reader.DissectionReadError):
     reader.read_dissection(str(tmp_path))
+  (tmp_path / "units-x.json").write_bytes(raw)
+  with pytest.raises(reader.DissectionReadError):
+    reader.read_unit_set(str(tmp_path / "units-x.json"))
   (tmp_path / "z.npy").write_bytes(raw)
   with pytest.raises(latents.LatentsError):
     latents.load_npy(str(tmp_path / "z.npy"))
@@ -155,3 +158,15 @@ def test_a_kept_report_alone_reads_as_the_dissection(folder, tmp_path):
   assert alone.layers == full.layers and alone.concepts == full.concepts
   with pytest.raises(reader.DissectionReadError, match="neither dissect.json"):
     reader.read_folder(str(tmp_path / "missing"))
+
+
+def test_unit_sets_read_back_and_malformed_ones_fail_by_name(tmp_path):
+  path = tmp_path / "units-tree.json"
+  path.write_text(json.dumps({"layer": "layer4", "concept": "tree", "alpha": [0.5, 1, 0]}))
+  layer, concept, alpha = reader.read_unit_set(str(path))
+  assert (layer, concept) == ("layer4", "tree") and alpha.tolist() == [0.5, 1.0, 0.0]
+  for bad in ({"layer": "layer4", "concept": "tree"}, {"layer": 4, "concept": "t", "alpha": []},
+              {"layer": "l", "concept": "t", "alpha": ["x"]}, [1, 2]):
+    path.write_text(json.dumps(bad))
+    with pytest.raises(reader.DissectionReadError, match="units-tree.json"):
+      reader.read_unit_set(str(path))

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxdissect import dissect, planted, sharding, steps, warmup
+from jaxdissect import dissect, latents, planted, sharding, steps, warmup
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT = 180
@@ -79,7 +79,7 @@ def test_device_warmup_finds_the_host_warmup_brackets(scene_world, devices):
   run = dissect.prepare(gen, seg, config, None if devices is None else sharding.data_mesh(devices))
   zs = [z for _, z in config.source.batches(50, config.batch_size, run.latent_shape)]
   shapes = run.shapes
-  acts = [run.generate(sharding.shard_rows(run.mesh, warmup.padded(z, config.batch_size)))
+  acts = [run.generate(sharding.shard_rows(run.mesh, latents.pad_rows(z, config.batch_size)))
           for z in zs]
   on_device = warmup.device_brackets(run.rule, shapes.layers, shapes.seg_size, run.mesh,
                                      [(len(z), a) for z, a in zip(zs, acts)])

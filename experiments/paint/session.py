@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections import Counter
 import glob
-import json
 import os
 import threading
 from typing import Any
@@ -24,7 +23,8 @@ from experiments.cli import UsageError
 from experiments.paint.schema import Intervention, Latents
 from jaxdissect import images as images_lib, paint, unitsets, zoo
 from jaxdissect.errors import check_choice
-from jaxdissect.report.reader import DissectionReadError, LayerRecord, read_dissection
+from jaxdissect.report.reader import (DissectionReadError, LayerRecord, read_dissection,
+                                      read_unit_set)
 from jaxdissect.zsample import standard_z
 
 
@@ -85,13 +85,10 @@ class PaintModel:
     found = {}
     for path in sorted(glob.glob(os.path.join(self.folder, "units-*.json"))):
       try:
-        with open(path) as f:
-          learned = json.load(f)
-        layer, concept = learned["layer"], learned["concept"]
-        alpha = np.asarray(learned["alpha"], np.float32)
+        layer, concept, alpha = read_unit_set(path)
         ok = (layer in self.layers and concept in self.concepts[1:]
               and alpha.shape == (self.layers[layer].shape[2],))
-      except (OSError, ValueError, KeyError, TypeError) as e:
+      except DissectionReadError as e:
         logging.warning("skipping %s: %s", path, e)
         continue
       if ok:

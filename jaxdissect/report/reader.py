@@ -9,6 +9,7 @@ deep inside a script. The JSON itself is the contract of design §4; this module
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any, Mapping, NamedTuple
 
@@ -127,6 +128,20 @@ def read_dissection(folder: str) -> Dissection:
   return parse_dissection(doc, folder, path)
 
 
+def read_unit_set(path: str) -> tuple[str, str, np.ndarray]:
+  """`(layer, concept, alpha [C] float32)` of a learned unit set (`units-<concept>.json`, written
+  by `experiments.optimize_units` beside the dissection); DissectionReadError if malformed."""
+  try:
+    with open(path, "rb") as f:
+      learned = _mapping(json.loads(f.read(MAX_DOC_BYTES).decode("utf-8")), path)
+    alpha = np.asarray([_float(a, path) for a in _list(learned, "alpha", path)], np.float32)
+    return _text(learned, "layer", path), _text(learned, "concept", path), alpha
+  except (OSError, UnicodeDecodeError, ValueError) as e:
+    if isinstance(e, DissectionReadError):
+      raise
+    raise DissectionReadError(f"{path} is not a readable unit set ({e})") from None
+
+
 def read_folder(folder: str) -> Dissection:
   """`read_dissection`, or where only the report was kept, the copy embedded in report.html."""
   if os.path.isfile(os.path.join(folder, "dissect.json")):
@@ -178,8 +193,9 @@ def _layer(r: Any, where: str) -> LayerRecord:
   if os.path.basename(dirname) != dirname or dirname in ("", ".", ".."):
     raise DissectionReadError(f"{at}: dirname {dirname!r} is not a plain folder name")
   units = tuple(_unit(u, at) for u in _list(r, "units", at))
-  if [u.unit for u in units] != list(range(len(units))):
-    raise DissectionReadError(f"{at}: units are not numbered 0..{len(units) - 1} in order")
+  if [u.unit for u in units] != list(range(len(units))) or len(units) != shape[2]:
+    raise DissectionReadError(f"{at}: its {shape[2]} units are not listed as 0..{shape[2] - 1} "
+                              "in order")
   counts = _mapping(r.get("concept_counts", {}), f"{at}: concept_counts")
   return LayerRecord(name, dirname, tuple(shape), _int(r.get("interpretable", 0), at),
                      {str(k): _int(v, at) for k, v in counts.items()}, units)
@@ -188,7 +204,7 @@ def _layer(r: Any, where: str) -> LayerRecord:
 def _unit(u: Any, at: str) -> UnitRecord:
   u = _mapping(u, f"{at}: a unit")
   top = []
-  for t in u.get("top", []):
+  for t in _list(u, "top", at) if "top" in u else []:
     t = _mapping(t, f"{at}: a top image")
     top.append((_int(t.get("image"), at), _float(t.get("max"), at)))
   return UnitRecord(unit=_int(u.get("unit"), at), threshold=_float(u.get("threshold"), at),
@@ -225,6 +241,10 @@ def _int(x: Any, at: str) -> int:
 
 
 def _float(x: Any, at: str) -> float:
-  if isinstance(x, bool) or not isinstance(x, (int, float)):
-    raise DissectionReadError(f"{at}: {x!r} is not a number")
+  try:
+    ok = not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x)
+  except OverflowError:  # an integer beyond float range
+    ok = False
+  if not ok:
+    raise DissectionReadError(f"{at}: {str(x)[:40]} is not a finite number")
   return float(x)
