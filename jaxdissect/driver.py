@@ -15,6 +15,7 @@ run's few narrative lines (resuming, another pass); the library itself never pri
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Callable, Mapping
 
 import jax
@@ -53,11 +54,25 @@ def run(gen: Generator, seg: Segmenter, config: dissect.Config, *, mesh: Mesh | 
   same (same warmup images, no refined pass). In a multi-process run every process calls this;
   process 0 reads and writes the checkpoints.
   """
+  return run_prepared(dissect.prepare(gen, seg, config, mesh), checkpoint_dir=checkpoint_dir,
+                      checkpoint_every=checkpoint_every, fresh=fresh, identity=identity,
+                      progress=progress, note=note)
+
+
+def run_prepared(prepared: dissect.Run, *, checkpoint_dir: str | None = None,
+                 checkpoint_every: int = 5, fresh: bool = False,
+                 identity: Mapping[str, Any] | None = None, progress: Progress = no_progress,
+                 note: Note = no_note, timings: dict[str, float] | None = None
+                 ) -> dict[str, dissect.LayerResult]:
+  """`run` on an already prepared (compiled) run. `timings`, when given, is filled with wall
+  seconds of the warmup, the tallying and the finishing of all passes, the pass count and the
+  total; the tally is then waited for before each finish so the stages are timed apart."""
   if checkpoint_every < 1:
     raise ValueError(f"checkpoint_every is {checkpoint_every}; expected a positive number of "
                      "batches")
-  prepared = dissect.prepare(gen, seg, config, mesh)
+  config = prepared.config
   meta = {"settings": dict(identity or {}), "n": config.n}
+  clock = _Clock(timings)
   state = None
   if checkpoint_dir is not None:
     state = _resume_everywhere(checkpoint_dir, prepared, meta, fresh, note)
@@ -72,6 +87,7 @@ def run(gen: Generator, seg: Segmenter, config: dissect.Config, *, mesh: Mesh | 
   if state is None:
     note(f"warmup: {min(config.n, config.warmup)} images predict each unit's threshold bracket")
     state = dissect.start(prepared)
+    clock.lap("warmup_s")
     save(state)
   else:
     state = dissect.place_state(prepared, state)
@@ -82,12 +98,43 @@ def run(gen: Generator, seg: Segmenter, config: dissect.Config, *, mesh: Mesh | 
       progress(stage, first + len(z), config.n)
       if count % checkpoint_every == 0:
         save(state)
+    clock.lap("tally_s", state)
     save(state)
     results, state = dissect.finish(prepared, state)
+    clock.lap("finish_s")
+    clock.count("passes")
     if results is not None:
+      clock.total()
       return results
     note(f"some units' thresholds need a narrower bracket: pass {dissect.passes_done(state) + 1}")
     save(state)
+
+
+class _Clock:
+  """Stage timings for `run_prepared` (does nothing, and waits for nothing, without a dict)."""
+
+  def __init__(self, timings: dict[str, float] | None):
+    self.timings = timings
+    self.start = self.last = time.perf_counter()
+    if timings is not None:
+      timings.update(warmup_s=0.0, tally_s=0.0, finish_s=0.0, passes=0)
+
+  def lap(self, key: str, wait_for: Any = None) -> None:
+    if self.timings is None:
+      return
+    if wait_for is not None:
+      jax.block_until_ready(wait_for)
+    now = time.perf_counter()
+    self.timings[key] += now - self.last
+    self.last = now
+
+  def count(self, key: str) -> None:
+    if self.timings is not None:
+      self.timings[key] += 1
+
+  def total(self) -> None:
+    if self.timings is not None:
+      self.timings["total_s"] = time.perf_counter() - self.start
 
 
 def _resume(root: str, run: dissect.Run, meta: dict, fresh: bool,

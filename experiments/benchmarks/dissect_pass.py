@@ -10,9 +10,8 @@ jitted function alone on one batch (shown with images/s and each stage's share),
 generator's and segmenter's achieved GFLOP/s (XLA's cost analysis of the compiled stage) next to
 a large matmul's GFLOP/s timed in the same part.
 
-This is the one module that drives `jaxdissect.dissect` by its building blocks (`prepare`,
-`start`, `remaining`, `Run.step`, `finish`, the step's pieces) rather than through
-`jaxdissect.driver`: it times the warmup, the tally and the finish apart, blocking between them.
+This is the one module that reaches into the dissection's pieces (`prepare`, the warmup, the
+tally, the step) to time them alone; whole dissections run through `jaxdissect.driver`.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.benchmarks.common import compiled_flops, matmul_gflop_per_s, median, timed
-from jaxdissect import dissect, sharding, steps, warmup
+from jaxdissect import dissect, driver, sharding, steps, warmup
 
 
 class Bare(NamedTuple):
@@ -82,24 +81,10 @@ def compiled_run(gen, seg, config: dissect.Config) -> dissect.Run:
 
 
 def dissection_pass(run: dissect.Run) -> dict:
-  """Seconds of a whole dissection on a compiled run, driven as `dissect.dissect` drives it."""
-  times = {"warmup_s": 0.0, "tally_s": 0.0, "finish_s": 0.0, "passes": 0}
-  start = time.perf_counter()
-  state = dissect.start(run)
-  times["warmup_s"] = time.perf_counter() - start
-  while True:
-    t0 = time.perf_counter()
-    for first, z in dissect.remaining(run, state):
-      state = run.step(state, z, first)
-    jax.block_until_ready(state)
-    t1 = time.perf_counter()
-    results, state = dissect.finish(run, state)
-    times["tally_s"] += t1 - t0
-    times["finish_s"] += time.perf_counter() - t1
-    times["passes"] += 1
-    if results is not None:
-      break
-  times["total_s"] = time.perf_counter() - start
+  """Seconds of a whole dissection on a compiled run by the library's one run loop, with its
+  stages timed apart (`driver.run_prepared(timings=...)`)."""
+  times: dict = {}
+  driver.run_prepared(run, timings=times)
   return times
 
 
