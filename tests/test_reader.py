@@ -148,6 +148,8 @@ def test_colour_segmenter_dissection_records_given_latents(tmp_path):
   assert doc["latents"]["origin"] == "mine" and doc["latents"]["count"] == 30
   assert reader.read_dissection(str(tmp_path)).latents == doc["latents"]
   assert list((tmp_path / "layer2" / "units").glob("unit*.jpg"))
+  page = (tmp_path / "report.html").read_text()
+  assert "latents <b>mine</b>" in page and "seed <b>" not in page
 
 
 def test_a_kept_report_alone_reads_as_the_dissection(folder, tmp_path):

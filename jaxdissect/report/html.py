@@ -86,8 +86,14 @@ def _e(text: Any) -> str:
 def _header(doc: Mapping[str, Any]) -> str:
   settings = doc.get("settings", {})
   chips = [f"<span class=\"chip\">segmenter <b>{_e(doc.get('segmenter', '?'))}</b></span>"]
+  latents = doc.get("latents", {})
+  given = isinstance(latents, Mapping) and latents.get("source") == "array"
   chips += [f"<span class=\"chip\">{_e(k)} <b>{_e(settings[k])}</b></span>"
-            for k in _HEADLINE_SETTINGS if k in settings]
+            for k in _HEADLINE_SETTINGS if k in settings and not (given and k == "seed")]
+  if given:  # the images' latents were given, not drawn from the seed
+    name = os.path.basename(str(latents.get("origin", "array")))
+    chips.append(f"<span class=\"chip\">latents <b>{_e(name)}</b> "
+                 f"({_e(str(latents.get('sha256', ''))[:12])})</span>")
   rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in settings.items())
   details = (f"<details><summary>all settings</summary><table class=\"settings\">{rows}</table>"
              f"</details>") if settings else ""
