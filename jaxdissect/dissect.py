@@ -162,7 +162,7 @@ def infer_shapes(gen: Generator, seg: Segmenter, config: Config) -> Shapes:
 
 class Run(NamedTuple):
   """Everything a driver needs: config, shapes, the threshold rule, the latents' shape, the
-  jitted step (`step(state, z, start)`, per-device state, host batch), the activations of a
+  jitted step (`step(state, z, start)`, per-device state, donated; host batch), the activations of a
   padded batch (`generate(z) -> {layer: acts}`), the mesh and the merge of per-device states."""
 
   config: Config
@@ -257,7 +257,8 @@ def start(run: Run) -> State:
                                       ((len(z), _acts_of(run, z)) for z in zs))
   else:
     brackets = warmup.host_brackets(run.rule, shapes.layers, shapes.seg_size,
-                                    (warmup.gathered(_acts_of(run, z), len(z)) for z in zs))
+                                    (warmup.gathered(_acts_of(run, z), len(z)) for z in zs),
+                                    rows=sum(len(z) for z in zs))
   return place_state(run, init_state(run, brackets))
 
 

@@ -101,7 +101,8 @@ def merge_fn(rule: Any, units: Mapping[str, int], num_concepts: int, topk: int) 
 
 
 def sharded_step_fn(forward: Callable, tally: Callable, batch_size: int, mesh: Mesh) -> Callable:
-  """`step(state, z, start) -> state` over a mesh: `state` is per-device, `z` a host batch.
+  """`step(state, z, start) -> state` over a mesh: `state` is per-device (and donated: use only
+the returned one), `z` a host batch.
 
   A full batch goes one slice per device. A short last batch is padded to a full one, so the
   models see the same shapes as in every other batch (their numbers cannot depend on it); its
@@ -140,10 +141,11 @@ def sharded_step_fn(forward: Callable, tally: Callable, batch_size: int, mesh: M
     if rows not in compiled:
       body = full if rows == batch_size else lambda s, z, start: short(s, z, start, rows)
       # Explicit out_shardings: on a 1-device mesh XLA would otherwise hand back P() states,
-      # a second cache entry for what is the same layout.
+      # a second cache entry for what is the same layout. The state is donated: its buffers
+      # become the next state's (a caller keeps only the returned state).
       compiled[rows] = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(data, data, whole),
                                              out_specs=data),
-                               out_shardings=NamedSharding(mesh, data))
+                               out_shardings=NamedSharding(mesh, data), donate_argnums=0)
     return compiled[rows]
 
   def step(state, z, start):
@@ -152,5 +154,9 @@ def sharded_step_fn(forward: Callable, tally: Callable, batch_size: int, mesh: M
     first = sharding.replicate(mesh, np.int32(int(start)))
     return step_for(rows)(state, sharding.shard_rows(mesh, pad_rows(z, batch_size)), first)
 
-  step.cache_size = lambda: sum(fn._cache_size() for fn in compiled.values())  # pylint: disable=protected-access
+  def cache_size() -> int:
+    """Compiled executables so far (tests check that every full batch reuses one)."""
+    return sum(fn._cache_size() for fn in compiled.values())  # pylint: disable=protected-access
+
+  step.cache_size = cache_size
   return step

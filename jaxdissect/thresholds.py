@@ -22,7 +22,6 @@ from typing import Any, Callable, NamedTuple, Sequence
 import numpy as np
 
 from jaxdissect.stats import conditional, tail
-from jaxdissect.stats.topk import largest_values
 
 IQR_LEVELS = 1.0 - np.logspace(-3, 0, 100)[::-1]  # ascending quantile levels of the IQR grid
 
@@ -52,7 +51,7 @@ class TopQuantile(NamedTuple):
 
   name = "quantile"
   bracket_fields = ("lo", "width")
-  device_warmup = True  # the bracket needs only each unit's largest values
+  from_largest = True  # the bracket needs only each unit's largest warmup values (`keep`)
 
   def stat(self, num_concepts: int, units: int, bracket: Any = None):
     lo, hi = (np.zeros(units, np.float32), np.ones(units, np.float32)) if bracket is None \
@@ -67,11 +66,6 @@ class TopQuantile(NamedTuple):
   def bracket_of(self, state: tail.TailState) -> Any:
     lo = np.asarray(state.lo)
     return lo, lo + np.asarray(state.width) * self.num_bins
-
-  def warmup_bracket(self, values: Sequence[np.ndarray]) -> Any:
-    """`(lo, hi)` per unit from `[U, N_i]` batches of upsampled warmup values."""
-    total = sum(v.shape[1] for v in values)
-    return self.bracket_of_largest(largest_values(values, self.keep(total)), total)
 
   def keep(self, total: int) -> int:
     """How many of each unit's largest values (of `total`) the bracket is read from."""
@@ -109,7 +103,7 @@ class IqrGrid(NamedTuple):
 
   name = "iqr"
   bracket_fields = ("edges",)
-  device_warmup = False
+  from_largest = False  # the grid needs every warmup value (`warmup_bracket`)
 
   def stat(self, num_concepts: int, units: int, bracket: Any = None):
     edges = np.zeros((units, len(IQR_LEVELS)), np.float32) if bracket is None else bracket

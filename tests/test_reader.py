@@ -11,8 +11,9 @@ import pytest
 from jaxdissect import colorseg, dissect, driver, latents, planted
 from jaxdissect.report import reader
 
-SETTINGS = hypothesis.settings(max_examples=60, deadline=None,
-                               suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
+SETTINGS = hypothesis.settings(
+    max_examples=60, deadline=None,
+    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
 
 
 @pytest.fixture(scope="module")

@@ -84,7 +84,15 @@ def test_device_warmup_finds_the_host_warmup_brackets(scene_world, devices):
   on_device = warmup.device_brackets(run.rule, shapes.layers, shapes.seg_size, run.mesh,
                                      [(len(z), a) for z, a in zip(zs, acts)])
   on_host = warmup.host_brackets(run.rule, shapes.layers, shapes.seg_size,
-                                 [warmup.gathered(a, len(z)) for z, a in zip(zs, acts)])
+                                 [warmup.gathered(a, len(z)) for z, a in zip(zs, acts)],
+                                 rows=50)
+  # The same with a running top-k over one image at a time.
+  small = warmup.host_brackets(run.rule, shapes.layers, shapes.seg_size,
+                               [warmup.gathered(a, len(z)) for z, a in zip(zs, acts)],
+                               rows=50, chunk_bytes=1)
+  for layer in config.layers:
+    for got, want in zip(small[layer], on_host[layer], strict=True):
+      np.testing.assert_array_equal(got, want, err_msg=layer)
   for layer in config.layers:
     for got, want in zip(on_device[layer], on_host[layer], strict=True):
       np.testing.assert_array_equal(got, want, err_msg=layer)
