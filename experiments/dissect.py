@@ -26,7 +26,7 @@ import jax
 from experiments import cli, device_flags, model_flags, models as model_specs
 from experiments.cli import UsageError
 from experiments.progress import progress_hook
-from jaxdissect import checkpoint, dissect, driver, latents
+from jaxdissect import checkpoint, dissect, driver, latents, thresholds
 
 _LAYERS = flags.DEFINE_list("layers", None, "Layers to dissect (default: all but the output).")
 _N = flags.DEFINE_integer("n", 1000, "Number of images.")
@@ -37,8 +37,12 @@ _Z = flags.DEFINE_string("z", None, "An .npy file of latents [N, ...] to dissect
 _THRESHOLD = flags.DEFINE_string(
     "threshold", "0.01", "Top fraction q of each unit's upsampled activations that counts as "
     "'on' (0 < q < 1), or 'iqr' for GAN Dissection's IQR-maximising threshold.")
-_IOU_THRESHOLD = flags.DEFINE_float("iou_threshold", 0.04, "IoU above which a unit counts as "
-                                    "interpretable.")
+_IOU_THRESHOLD = flags.DEFINE_float("iou_threshold", None, "IoU above which a unit counts as "
+                                    "interpretable (default 0.04; 0.05 in the gandissect rule).")
+_INTERPRETABLE = flags.DEFINE_enum("interpretable", "auto", list(thresholds.INTERPRETABLE_RULES),
+                                   "iou: IoU above --iou_threshold; gandissect: also the label's "
+                                   "IQR > 0.01 (IQR thresholds only); auto: gandissect with "
+                                   "--threshold iqr, else iou.")
 _TOPK = flags.DEFINE_integer("topk", 10, "Top images kept and shown per unit.")
 _OUTDIR = flags.DEFINE_string("outdir", None, "Output folder (default results/dissect-MODEL).")
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress bars.")
@@ -83,12 +87,16 @@ def run_dissection() -> str:
     raise UsageError(f"--tile={_TILE.value}; expected at least 8 pixels")
   mesh = device_flags.mesh_for(config.batch_size)
   cli.checked(dissect.check_config, config, gen)
+  rule = cli.checked(thresholds.interpretable_for, config.threshold, _INTERPRETABLE.value,
+                     _IOU_THRESHOLD.value)
   default = os.path.join("results", f"dissect-{model_specs.slug(models.model)}")
   outdir = cli.writable_dir("outdir", default if _OUTDIR.value is None else _OUTDIR.value)
   settings = {"model": models.model, "segmenter": models.segmenter_spec, "layers": list(layers),
               **{name: flags.FLAGS[name].value for name in _RECORDED}, "dtype": models.dtype,
+              "interpretable": _INTERPRETABLE.value,
               "model_args": models.model_args, "segmenter_args": models.segmenter_args,
               "z": source.record() if _Z.value else None}
+  settings["iou_threshold"] = rule.iou  # the rule's default when the flag is not given
   logging.info("dissecting %s of %s with the %s segmenter: %d images, threshold %s, %d "
                "device(s) in %d process(es) -> %s", ",".join(layers), models.model,
                models.segmenter_spec, config.n, _THRESHOLD.value, mesh.devices.size,
@@ -103,7 +111,7 @@ def run_dissection() -> str:
   logging.info("tallies done in %.1f s", time.perf_counter() - start)
   doc = driver.write(outdir, results, gen, models.segmenter, config, model=models.model,
                      segmenter=models.segmenter_spec, settings=settings,
-                     iou_threshold=_IOU_THRESHOLD.value, images=_IMAGES.value, tile=_TILE.value,
+                     interpretable=rule, images=_IMAGES.value, tile=_TILE.value,
                      progress=hook)
   cli.log_summary(doc)
   logging.info("wrote %s (open report.html in a browser)", outdir)

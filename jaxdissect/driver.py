@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxdissect import checkpoint, dissect, sharding
+from jaxdissect import checkpoint, dissect, sharding, thresholds
 from jaxdissect.model import Generator, Segmenter
 from jaxdissect.report import output
 
@@ -198,15 +198,20 @@ def _resume_everywhere(root: str, run: dissect.Run, meta: dict, fresh: bool,
 
 def write(outdir: str, results: Mapping[str, dissect.LayerResult], gen: Generator,
           seg: Segmenter, config: dissect.Config, *, model: str, segmenter: str,
-          settings: Mapping[str, Any] | None = None, iou_threshold: float = 0.04,
-          images: bool = True, tile: int = 128, progress: Progress = no_progress) -> dict:
+          settings: Mapping[str, Any] | None = None,
+          interpretable: thresholds.Interpretable | None = None, images: bool = True,
+          tile: int = 128, progress: Progress = no_progress) -> dict:
   """Writes the output folder of design §4 (process 0 only); returns the `dissect.json` doc.
 
-  `settings` are recorded as given (the CLI records every flag); `images=False` skips the unit
-  strips (which regenerate every unit's top images).
+  `settings` are recorded as given (the CLI records every flag); `interpretable` is the rule
+  (default: `thresholds.interpretable_for(config.threshold)`, IoU > 0.04, or for IQR
+  thresholds the original's IQR > 0.01 and IoU > 0.05); `images=False` skips the unit strips
+  (which regenerate every unit's top images).
   """
+  if interpretable is None:
+    interpretable = thresholds.interpretable_for(config.threshold)
   doc = output.document_of(results, seg.concepts, config, model=model, segmenter=segmenter,
-                           settings=settings, iou_threshold=iou_threshold)
+                           settings=settings, interpretable=interpretable)
   if sharding.is_primary():
     os.makedirs(outdir, exist_ok=True)
     output.write_folder(outdir, doc, results, gen, config, images=images, tile=tile,

@@ -154,6 +154,49 @@ def rule_for(threshold: float | str, *, num_bins: int = 2048, tolerance: float =
   return TopQuantile(float(threshold), num_bins, tolerance)
 
 
+class Interpretable(NamedTuple):
+  """When a labelled unit counts as interpretable: its IoU above `iou` and, in GAN Dissection's
+  IQR rule, its label's IQR above `iqr` too (None: IoU alone, the PNAS rule)."""
+
+  iou: float = 0.04
+  iqr: float | None = None
+
+  def __call__(self, label: int, iou: float, iqr: float) -> bool:
+    return bool(label != 0 and iou > self.iou and (self.iqr is None or iqr > self.iqr))
+
+  def describe(self) -> str:
+    text = f"IoU > {self.iou:g}"
+    return text if self.iqr is None else f"IQR > {self.iqr:g} and {text}"
+
+  def record(self) -> dict[str, Any]:
+    """What `dissect.json` says about the rule."""
+    return {"rule": self.describe(), "iou_above": self.iou, "iqr_above": self.iqr}
+
+
+INTERPRETABLE_RULES = ("auto", "iou", "gandissect")
+
+
+def interpretable_for(threshold: float | str, rule: str = "auto",
+                      iou: float | None = None) -> Interpretable:
+  """The interpretability rule `rule` names for a `threshold` setting.
+
+  "iou": IoU > `iou` (0.04 unless given), the PNAS rule. "gandissect": IQR > 0.01 and IoU >
+  `iou` (0.05 unless given), the original GAN Dissection code's rule, which needs IQR
+  thresholds. "auto": "gandissect" for `threshold="iqr"`, else "iou".
+  """
+  if rule not in INTERPRETABLE_RULES:
+    raise ValueError(f"unknown interpretability rule {rule!r}; valid rules are: "
+                     f"{', '.join(INTERPRETABLE_RULES)}")
+  if rule == "auto":
+    rule = "gandissect" if threshold == "iqr" else "iou"
+  if rule == "iou":
+    return Interpretable(0.04 if iou is None else float(iou))
+  if threshold != "iqr":
+    raise ValueError("the 'gandissect' interpretability rule needs each label's IQR, which only "
+                     "IQR thresholds compute; use threshold 'iqr' or the 'iou' rule")
+  return Interpretable(0.05 if iou is None else float(iou), 0.01)
+
+
 def _tail_ranks(total: int, q: float) -> tuple[int, int, int]:
   """1-based ranks from the top of the q-quantile, the bracket's low end and its high end."""
   rank_q = max(1, int(round(q * total)))

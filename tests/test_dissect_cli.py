@@ -286,6 +286,7 @@ def test_bad_input_fails_with_one_line_and_spoils_nothing(tmp_path, workdir, env
       (["--layers", "layer99"], None, ["'layer99'", "layer1", "layer10"]),
       (["--model", "planted", "--threshold", "1.5"], None, ["1.5", "0 < q < 1", "iqr"]),
       (["--model", "planted", "--threshold", "abc"], None, ["'abc'", "iqr"]),
+      (["--model", "planted", "--interpretable", "gandissect"], None, ["'gandissect'", "IQR"]),
       (["--model", "nosuch"], None, ["'nosuch'", "sceneworld", "planted"]),
       (["--model", "planted", "--segmenter", "nosuch"], None,
        ["'nosuch'", "sceneworld", "planted"]),

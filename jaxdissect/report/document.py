@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from jaxdissect.dissect import LayerResult
+from jaxdissect.thresholds import Interpretable
 
 
 def layer_dirname(layer: str) -> str:
@@ -27,7 +28,7 @@ def unit_image_path(layer: str, unit: int) -> str:
 
 
 def _unit(result: LayerResult, u: int, concepts: Sequence[tuple[str, str]],
-          iou_threshold: float, iqr: bool) -> dict[str, Any]:
+          interpretable: Interpretable, iqr: bool) -> dict[str, Any]:
   label = int(result.label[u])
   name, category = concepts[label]
   iou = float(result.best_iou[u])
@@ -37,7 +38,7 @@ def _unit(result: LayerResult, u: int, concepts: Sequence[tuple[str, str]],
       "label": name,
       "category": category,
       "iou": iou,
-      "interpretable": bool(label != 0 and iou > iou_threshold),
+      "interpretable": interpretable(label, iou, float(result.iqr[u])),
       "top": [{"image": int(i), "max": float(v)}
               for i, v in zip(result.top_indices[u], result.top_values[u]) if i >= 0],
       "image": unit_image_path(result.layer, u),
@@ -49,9 +50,9 @@ def _unit(result: LayerResult, u: int, concepts: Sequence[tuple[str, str]],
 
 
 def layer_record(result: LayerResult, concepts: Sequence[tuple[str, str]],
-                 iou_threshold: float, iqr: bool = False) -> dict[str, Any]:
+                 interpretable: Interpretable, iqr: bool = False) -> dict[str, Any]:
   """One entry of `layers`: shape, interpretable count, concept counts and unit records."""
-  units = [_unit(result, u, concepts, iou_threshold, iqr) for u in range(len(result.label))]
+  units = [_unit(result, u, concepts, interpretable, iqr) for u in range(len(result.label))]
   counts: dict[str, int] = {}
   categories: dict[str, int] = {}
   for unit in units:
@@ -73,12 +74,13 @@ def layer_record(result: LayerResult, concepts: Sequence[tuple[str, str]],
 
 def dissection_doc(results: Mapping[str, LayerResult], concepts: Sequence[tuple[str, str]], *,
                    model: str, segmenter: str, settings: Mapping[str, Any],
-                   iou_threshold: float, iqr: bool = False) -> dict[str, Any]:
+                   interpretable: Interpretable, iqr: bool = False) -> dict[str, Any]:
   """The whole `dissect.json` document, layers in the order of `results`."""
   return {
       "model": model,
       "segmenter": segmenter,
       "settings": dict(settings),
       "concepts": [{"index": i, "name": n, "category": c} for i, (n, c) in enumerate(concepts)],
-      "layers": [layer_record(r, concepts, iou_threshold, iqr) for r in results.values()],
+      "interpretable": interpretable.record(),
+      "layers": [layer_record(r, concepts, interpretable, iqr) for r in results.values()],
   }

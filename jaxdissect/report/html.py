@@ -86,10 +86,15 @@ def _e(text: Any) -> str:
 def _header(doc: Mapping[str, Any]) -> str:
   settings = doc.get("settings", {})
   chips = [f"<span class=\"chip\">segmenter <b>{_e(doc.get('segmenter', '?'))}</b></span>"]
-  latents = doc.get("latents", {})
+  latents, rule = doc.get("latents", {}), doc.get("interpretable", {})
   given = isinstance(latents, Mapping) and latents.get("source") == "array"
+  ruled = isinstance(rule, Mapping) and isinstance(rule.get("rule"), str)
+  hidden = {"seed"} if given else set()  # said by the latents chip
+  hidden |= {"iou_threshold"} if ruled else set()  # said by the rule chip
   chips += [f"<span class=\"chip\">{_e(k)} <b>{_e(settings[k])}</b></span>"
-            for k in _HEADLINE_SETTINGS if k in settings and not (given and k == "seed")]
+            for k in _HEADLINE_SETTINGS if k in settings and k not in hidden]
+  if ruled:
+    chips.append(f"<span class=\"chip\">interpretable <b>{_e(rule['rule'])}</b></span>")
   if given:  # the images' latents were given, not drawn from the seed
     name = os.path.basename(str(latents.get("origin", "array")))
     chips.append(f"<span class=\"chip\">latents <b>{_e(name)}</b> "
@@ -298,6 +303,8 @@ _SCRIPT = r"""
   const colours = JSON.parse(document.getElementById('jd-colours').textContent);
   const settings = doc.settings || {};
   const iouT = typeof settings.iou_threshold === 'number' ? settings.iou_threshold : null;
+  const rule = doc.interpretable && typeof doc.interpretable.rule === 'string' ?
+      doc.interpretable.rule : (iouT === null ? null : `IoU > ${iouT}`);
   const layers = doc.layers || [];
   const body = document.body;
   const cards = document.getElementById('jd-cards');
@@ -390,7 +397,7 @@ _SCRIPT = r"""
     document.getElementById('jd-layer-shape').textContent = shape ? `featuremap ${shape}` : '';
     document.getElementById('jd-summary').textContent = layer ?
         `${interp}/${units.length} units interpretable, covering ${concepts} concept` +
-        `${concepts === 1 ? '' : 's'}` + (iouT === null ? '' : ` (IoU > ${iouT})`) : '';
+        `${concepts === 1 ? '' : 's'}` + (rule === null ? '' : ` (${rule})`) : '';
     const shown = onlyBox.checked ? units.filter(u => u.interpretable) : units.slice();
     shown.sort(sorter(sortSel.value, counts));
     cards.innerHTML = shown.map(card).join('');

@@ -18,6 +18,7 @@ from jaxdissect import examples
 from jaxdissect.dissect import Config, LayerResult
 from jaxdissect.model import Generator
 from jaxdissect.report import document, html, strips
+from jaxdissect.thresholds import Interpretable
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -28,11 +29,11 @@ def write_json(path: str, obj: Any) -> None:
 
 
 def document_of(results: Mapping[str, LayerResult], concepts, config: Config, *, model: str,
-                segmenter: str, settings: Mapping[str, Any] | None, iou_threshold: float
-                ) -> dict:
+                segmenter: str, settings: Mapping[str, Any] | None,
+                interpretable: Interpretable) -> dict:
   """The `dissect.json` document: `document.dissection_doc` plus where the latents came from."""
   doc = document.dissection_doc(results, concepts, model=model, segmenter=segmenter,
-                                settings=settings or {}, iou_threshold=iou_threshold,
+                                settings=settings or {}, interpretable=interpretable,
                                 iqr=config.rule.name == "iqr")
   doc["latents"] = config.source.record()
   return doc
