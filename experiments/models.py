@@ -8,7 +8,7 @@ model is named the same way and fails the same way everywhere.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 from experiments.cli import UsageError
 from jaxdissect import precision, zoo
@@ -31,7 +31,7 @@ def load_models(model: str, segmenter: str | None, model_args: Any = None,
                 segmenter_args: Any = None, dtype: str = "float32") -> Models:
   """Resolves specs (a `zoo.SpecError` becomes a one-line UsageError) in `dtype`."""
   try:
-    model_args, segmenter_args = _args(model_args), _args(segmenter_args)
+    model_args, segmenter_args = zoo.keyword_args(model_args), zoo.keyword_args(segmenter_args)
     segmenter = segmenter or zoo.default_segmenter(model)
     gen = zoo.load_generator(model, model_args)
     seg = zoo.load_segmenter(segmenter, segmenter_args)
@@ -45,11 +45,6 @@ def of_dissection(dissection: Any, dtype: str = "float32") -> Models:
   """The models a finished dissection (`jaxdissect.report.reader.Dissection`) was made with."""
   return load_models(dissection.model, dissection.segmenter, dissection.model_args,
                      dissection.segmenter_args, dtype)
-
-
-def _args(args: Any) -> dict[str, Any]:
-  """Factory arguments: a mapping as is (read back from a dissection), or `key=value` items."""
-  return dict(args) if isinstance(args, Mapping) else zoo.parse_args(args)
 
 
 def slug(spec: str) -> str:

@@ -32,9 +32,6 @@ from jaxdissect.model import Generator, Segmenter
 from jaxdissect.stats.topk import topk as topk_stat
 from jaxdissect.thresholds import ThresholdRule, rule_for
 
-forward_fn = steps.forward_fn  # the generator + segmenter forward (benchmarks time it bare)
-
-
 class Config(NamedTuple):
   """What to dissect and how. `threshold` is q (a unit is on in its top q) or "iqr".
 

@@ -19,9 +19,6 @@ import numpy as np
 from jaxdissect.npyfile import read_npy
 from jaxdissect.zsample import standard_z, z_batches
 
-MAX_NPY_BYTES = 16 << 30
-
-
 class LatentsError(ValueError):
   """Latents that cannot be used: unreadable file, wrong shape, too few rows (one line)."""
 
@@ -114,5 +111,5 @@ def from_array(z: Any, origin: str = "array") -> Latents:
 
 def load_npy(path: str) -> Latents:
   """Latents from an `.npy` file (read without pickles, its header checked against its size)."""
-  z = read_npy(path, LatentsError, MAX_NPY_BYTES)
+  z = read_npy(path, LatentsError)
   return from_array(z, origin=os.path.abspath(path))

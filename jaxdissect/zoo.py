@@ -362,7 +362,7 @@ def _load_import(role: _Role, spec: str, module_name: str, attr: str,
   return _call(role, spec, f"{module_name}.{attr}()", obj, (), kwargs)
 
 
-def _kwargs(args: Mapping[str, Any] | Sequence[str] | None) -> dict[str, Any]:
+def keyword_args(args: Mapping[str, Any] | Sequence[str] | None) -> dict[str, Any]:
   """Keyword arguments from a mapping or from `key=value` items (see `parse_args`)."""
   if args is None:
     return {}
@@ -382,7 +382,7 @@ def _resolve(role: _Role, spec: str, args: Mapping[str, Any] | Sequence[str] | N
   if not isinstance(spec, str) or not spec:
     raise _fail(role, spec, "empty spec" if spec == "" else f"a spec is a string, not a "
                 f"{type(spec).__name__}")
-  kwargs = _kwargs(args)
+  kwargs = keyword_args(args)
   if spec in role.registry:
     what = f"the loader of {spec!r}"
     model = _call(role, spec, what, role.registry[spec], (), kwargs)

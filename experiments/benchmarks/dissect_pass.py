@@ -37,7 +37,7 @@ class Bare(NamedTuple):
 
 def bare_forward(gen, seg, config: dissect.Config) -> Bare:
   """The jitted generator (capturing the config's layers) + segmenter labels, compiled."""
-  forward = jax.jit(dissect.forward_fn(gen, seg, config.layers))
+  forward = jax.jit(steps.forward_fn(gen, seg, config.layers))
   jax.block_until_ready(forward(jnp.zeros((config.batch_size, *gen.latent_shape), jnp.float32)))
   return Bare(forward, tuple(gen.latent_shape))
 
