@@ -17,6 +17,7 @@ devices and hosts". Bad flags end in one error line naming the value and the val
 
 from __future__ import annotations
 
+import math
 import os
 import time
 
@@ -58,8 +59,11 @@ _IMAGES = flags.DEFINE_bool("images", True, "Write unit strips (regenerates the 
 _WARMUP_ON = flags.DEFINE_enum("warmup_on", "auto", ["auto", "host", "device"],
                                "Where the quantile warmup ranks activations: host (numpy), "
                                "device (top-k) or auto (devices unless CPUs); same brackets.")
-_FORWARD_CHUNK = flags.DEFINE_integer("forward_chunk", 0, "Images per generator/segmenter call "
-                                      "on a device (0: its whole share of a batch).")
+_FORWARD_CHUNK = flags.DEFINE_integer("forward_chunk", -1, "Images per generator/segmenter "
+                                      "call on a device (0: its whole share of a batch; -1: the "
+                                      "largest split of that share whose step fits the device's "
+                                      "memory by XLA's analysis, or on a CPU whose forward plans "
+                                      "at most 128 MiB; logged).")
 
 # Flags recorded as they are in dissect.json's settings (after model, segmenter and layers).
 _RECORDED = ("n", "batch_size", "seed", "threshold", "iou_threshold", "topk", "bins", "warmup",
@@ -103,7 +107,9 @@ def run_dissection() -> str:
                jax.process_count(), outdir)
   start = time.perf_counter()
   hook = progress_hook(_QUIET.value)
-  results = cli.checked(driver.run, gen, models.segmenter, config, mesh=mesh,
+  prepared = dissect.prepare(gen, models.segmenter, config, mesh)
+  _log_chunk(prepared)
+  results = cli.checked(driver.run_prepared, prepared,
                         checkpoint_dir=os.path.join(outdir, "checkpoint"),
                         checkpoint_every=_EVERY.value, fresh=_FRESH.value,
                         identity={k: settings[k] for k in _STATE}, progress=hook,
@@ -116,6 +122,23 @@ def run_dissection() -> str:
   cli.log_summary(doc)
   logging.info("wrote %s (open report.html in a browser)", outdir)
   return outdir
+
+
+def _log_chunk(run: dissect.Run) -> None:
+  """Says how many images each model call takes, and for --forward_chunk=-1 why."""
+  share = run.config.batch_size // run.mesh.devices.size
+  chunk = math.gcd(share, run.forward_chunk) if run.forward_chunk else share  # as steps.in_chunks
+  if run.config.forward_chunk != dissect.AUTO_CHUNK:
+    logging.info("forward chunk: %d of each device's %d images per model call", chunk, share)
+  elif run.fitted is None:
+    logging.info("forward chunk: auto, no device memory limit known: the whole share, %d images "
+                 "per model call", share)
+  else:
+    gib = lambda b: "unknown" if b is None else "too large" if b < 0 else f"{b / 2**30:.2f} GiB"
+    tried = ", ".join(f"{c}: {gib(b)}" for c, b in run.fitted.tried.items())
+    logging.info("forward chunk: auto, %d of each device's %d images per model call (XLA plans "
+                 "%s of a %s budget; tried %s)", chunk, share, gib(run.fitted.bytes),
+                 gib(run.fitted.budget), tried)
 
 
 def main(argv):

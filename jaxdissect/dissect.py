@@ -25,22 +25,30 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from jaxdissect import sharding, steps, warmup
+from jaxdissect import fit, sharding, steps, warmup
 from jaxdissect.errors import check_choice
 from jaxdissect.latents import Latents, pad_rows, seeded
 from jaxdissect.model import Generator, Segmenter
 from jaxdissect.stats.topk import topk as topk_stat
 from jaxdissect.thresholds import ThresholdRule, rule_for
 
+# `Config.forward_chunk` value asking `prepare` to choose the chunk that fits the device.
+AUTO_CHUNK = -1
+
+
 class Config(NamedTuple):
   """What to dissect and how. `threshold` is q (a unit is on in its top q) or "iqr".
 
   `latents`: where the images' latents come from (`jaxdissect.latents`); None is the seeded
   sample `seed`. `forward_chunk`: images per generator and segmenter call (0: a device's whole
-  share of a batch); convolutions may round differently for different batch shapes (XLA's CPU
-  ones do), so runs on different device counts are bit-identical when it divides every device's
-  share. `warmup_on`: where the warmup ranks activations, "host", "device" or "auto" (see
-  `jaxdissect.warmup`); the brackets are the same.
+  share of a batch; -1, `AUTO_CHUNK`, the default: the largest divisor of that share whose step
+  fits the device's memory by XLA's analysis, see `jaxdissect.fit`; on devices without a memory
+  limit, as CPUs, whose forward plans at most `HOST_FORWARD_BYTES`); convolutions may round differently for different batch shapes
+  (XLA's CPU ones do), so runs on different device counts are bit-identical when it divides every
+  device's share. `memory_budget`: bytes per device the automatic chunk must fit (None: a share
+  of the device's limit, `fit.SAFETY`); only with `forward_chunk=-1`. `warmup_on`: where the
+  warmup ranks activations, "host", "device" or "auto" (see `jaxdissect.warmup`); the brackets
+  are the same.
   """
 
   layers: tuple[str, ...]
@@ -54,9 +62,10 @@ class Config(NamedTuple):
   iou_tolerance: float = 1e-3
   max_passes: int = 3
   tally_chunk: int = 10
-  forward_chunk: int = 0
+  forward_chunk: int = AUTO_CHUNK
   warmup_on: str = "auto"
   latents: Latents | None = None
+  memory_budget: int | None = None
 
   @property
   def source(self) -> Latents:
@@ -126,9 +135,17 @@ def check_config(config: Config, gen: Generator) -> None:
                              ("topk", config.topk, 1), ("num_bins", config.num_bins, 1),
                              ("warmup", config.warmup, 1), ("max_passes", config.max_passes, 1),
                              ("tally_chunk", config.tally_chunk, 1),
-                             ("forward_chunk", config.forward_chunk, 0)):
+                             ("forward_chunk", config.forward_chunk, AUTO_CHUNK)):
     if value < least:
       raise ValueError(f"{name} is {value}, expected an integer >= {least}")
+  if config.memory_budget is not None:
+    if config.forward_chunk != AUTO_CHUNK:
+      raise ValueError(f"memory_budget is {config.memory_budget} but forward_chunk is "
+                       f"{config.forward_chunk}; the budget only applies to forward_chunk="
+                       f"{AUTO_CHUNK} (automatic)")
+    if config.memory_budget < 1:
+      raise ValueError(f"memory_budget is {config.memory_budget}, expected a positive number "
+                       "of bytes")
   config.source.check(config.n, gen.latent_shape)
 
 
@@ -160,7 +177,11 @@ def infer_shapes(gen: Generator, seg: Segmenter, config: Config) -> Shapes:
 class Run(NamedTuple):
   """Everything a driver needs: config, shapes, the threshold rule, the latents' shape, the
   jitted step (`step(state, z, start)`, per-device state, donated; host batch), the activations of a
-  padded batch (`generate(z) -> {layer: acts}`), the mesh and the merge of per-device states."""
+  padded batch (`generate(z) -> {layer: acts}`), the mesh and the merge of per-device states.
+
+  `forward_chunk` is the images per model call in use (the config's, or the one chosen for
+  `forward_chunk=-1`; 0: a device's whole share); `fitted` how it was chosen (`fit.Fit`), or None
+  when it was not."""
 
   config: Config
   shapes: Shapes
@@ -171,6 +192,8 @@ class Run(NamedTuple):
   num_concepts: int
   mesh: Mesh
   merge: Callable
+  forward_chunk: int = 0
+  fitted: fit.Fit | None = None
 
 
 def prepare(gen: Generator, seg: Segmenter, config: Config, mesh: Mesh | None = None) -> Run:
@@ -185,17 +208,68 @@ def prepare(gen: Generator, seg: Segmenter, config: Config, mesh: Mesh | None = 
   sharding.check_batch(config.batch_size, mesh)
   rule, num_concepts = config.rule, len(seg.concepts)
   units = {layer: s[2] for layer, s in shapes.layers.items()}
-  acts_of = steps.in_chunks(lambda z: gen.apply_fn(gen.params, z, capture=config.layers)[1],
-                            config.forward_chunk)
-  generate = jax.jit(jax.shard_map(acts_of, mesh=mesh, in_specs=P(sharding.DATA),
-                                   out_specs=P(sharding.DATA)))
   merge = sharding.merge_fn(steps.merge_fn(rule, units, num_concepts, config.topk), mesh)
   tally = steps.tally_fn(rule, units, shapes.seg_size, num_concepts, config.topk,
                          config.tally_chunk)
-  forward = steps.forward_fn(gen, seg, config.layers, config.forward_chunk)
+  run = Run(config, shapes, rule, tuple(gen.latent_shape), None, None, num_concepts, mesh, merge,
+            config.forward_chunk)
+  if config.forward_chunk == AUTO_CHUNK:
+    run = _fit_chunk(run, gen, seg, tally)
+  acts_of = steps.in_chunks(lambda z: gen.apply_fn(gen.params, z, capture=config.layers)[1],
+                            run.forward_chunk)
+  generate = jax.jit(jax.shard_map(acts_of, mesh=mesh, in_specs=P(sharding.DATA),
+                                   out_specs=P(sharding.DATA)))
+  forward = steps.forward_fn(gen, seg, config.layers, run.forward_chunk)
   step = steps.sharded_step_fn(forward, tally, config.batch_size, mesh)
-  return Run(config, shapes, rule, tuple(gen.latent_shape), step, generate, num_concepts, mesh,
-             merge)
+  return run._replace(step=step, generate=generate)
+
+
+def _fit_chunk(run: Run, gen: Generator, seg: Segmenter, tally: Callable) -> Run:
+  """`run` with the largest forward chunk whose per-device step (generate, segment and tally a
+  device's share into its donated state) fits the memory budget; 0 when there is no budget."""
+  config, mesh = run.config, run.mesh
+  budget = config.memory_budget
+  if budget is None:
+    local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    budget = fit.device_budget(local)
+  share = config.batch_size // mesh.devices.size
+  if budget is None:
+    return run._replace(forward_chunk=_host_chunk(gen, seg, config.layers, run.latent_shape,
+                                                  share))
+  state = jax.eval_shape(lambda: template_state(run))
+  z = jax.ShapeDtypeStruct((share, *run.latent_shape), jnp.float32)
+
+  def body_for(chunk: int) -> Callable:
+    forward = steps.forward_fn(gen, seg, config.layers, chunk)
+    return lambda state, z: tally(state, *forward(z), jnp.int32(0))
+
+  try:
+    fitted = fit.largest_chunk(body_for, (state, z), fit.divisors(share), budget,
+                               donate_argnums=(0,))
+  except ValueError as e:
+    raise ValueError(f"forward_chunk=-1: {e}. Besides the models, a step holds the tallies "
+                     f"and tally_chunk={config.tally_chunk} images' upsampled maps") from e
+  return run._replace(forward_chunk=fitted.chunk, fitted=fitted)
+
+
+# Bytes of XLA temporaries one model call may plan for on a device without a memory limit (a
+# CPU): convolution scratch outside the analysis comes on top, so the process grows 3-4x that
+# (ProgGAN-256 at 100 images per call plans 1.7 GB and peaks at 7.4 GB RSS; at 5, 1.7 GB RSS).
+HOST_FORWARD_BYTES = 128 << 20
+
+
+def _host_chunk(gen: Generator, seg: Segmenter, layers: tuple[str, ...],
+                latent_shape: tuple[int, ...], share: int) -> int:
+  """The largest divisor of `share` images per call whose forward plans at most
+  `HOST_FORWARD_BYTES` of temporaries, from the analysis of a one-image call (memory grows
+  linearly with the images per call); the whole share (0) when it all fits or is unknown."""
+  forward = steps.forward_fn(gen, seg, layers)
+  one = jax.ShapeDtypeStruct((1, *latent_shape), jnp.float32)
+  stats = jax.jit(forward).lower(one).compile().memory_analysis()
+  per_image = stats.temp_size_in_bytes if stats is not None else 0
+  if per_image * share <= HOST_FORWARD_BYTES:
+    return 0
+  return next(d for d in fit.divisors(share) if d * per_image <= HOST_FORWARD_BYTES or d == 1)
 
 
 def init_state(run: Run, brackets: dict[str, Any], passes: int = 0) -> State:
@@ -240,23 +314,46 @@ def _acts_of(run: Run, z: np.ndarray) -> dict[str, jax.Array]:
   return run.generate(sharding.shard_rows(run.mesh, pad_rows(z, run.config.batch_size)))
 
 
-def start(run: Run) -> State:
-  """Predicts every unit's bracket from the first `warmup` images; returns the empty state.
+# Host bytes the warmup may keep of its images' activations and labels to tally them after
+# the brackets are known (instead of generating them again in the pass).
+KEEP_WARMUP_BYTES = 256 << 20
 
-  The warmup runs the generator only; its images are tallied again by the pass itself, which
-  costs warmup / n of a generator pass and keeps one compiled step for every batch.
+
+def start(run: Run) -> State:
+  """Predicts every unit's bracket from the first `warmup` images; returns the state to go on
+  from.
+
+  When their activations and labels take at most `KEEP_WARMUP_BYTES`, the warmup runs the
+  generator and segmenter once on its images, keeps the outputs and tallies them as soon as the
+  brackets are known (the returned state has them counted, and the pass goes on after them);
+  else it runs the generator alone, and the pass tallies its images again from the start.
   """
   config, shapes = run.config, run.shapes
-  zs = [z for _, z in config.source.batches(min(config.n, config.warmup), config.batch_size,
-                                            run.latent_shape)]
+  batches = list(config.source.batches(min(config.n, config.warmup), config.batch_size,
+                                       run.latent_shape))
+  rows = sum(len(z) for _, z in batches)
+  keep = _output_bytes(shapes, config.batch_size) * len(batches) <= KEEP_WARMUP_BYTES
+  outs = [run.step.forward(z) if keep else None for _, z in batches]
+  acts = (out[0] if keep else _acts_of(run, z) for out, (_, z) in zip(outs, batches))
   if warmup.on_device(run.rule, config.warmup_on):
     brackets = warmup.device_brackets(run.rule, shapes.layers, shapes.seg_size, run.mesh,
-                                      ((len(z), _acts_of(run, z)) for z in zs))
+                                      ((len(z), a) for a, (_, z) in zip(acts, batches)))
   else:
     brackets = warmup.host_brackets(run.rule, shapes.layers, shapes.seg_size,
-                                    (warmup.gathered(_acts_of(run, z), len(z)) for z in zs),
-                                    rows=sum(len(z) for z in zs))
-  return place_state(run, init_state(run, brackets))
+                                    (warmup.gathered(a, len(z)) for a, (_, z) in
+                                     zip(acts, batches)), rows=rows)
+  state = place_state(run, init_state(run, brackets))
+  if keep:
+    for out, (first, z) in zip(outs, batches):
+      state = run.step.tally(state, out, first, len(z))
+  return state
+
+
+def _output_bytes(shapes: Shapes, batch: int) -> int:
+  """Bytes of one batch's activations (float32) and labels (int32)."""
+  per_image = sum(h * w * c for h, w, c in shapes.layers.values())
+  per_image += shapes.seg_size[0] * shapes.seg_size[1] * shapes.label_depth
+  return 4 * batch * per_image
 
 
 def images_tallied(state: State) -> int:

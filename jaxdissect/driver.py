@@ -88,6 +88,9 @@ def run_prepared(prepared: dissect.Run, *, checkpoint_dir: str | None = None,
     note(f"warmup: {min(config.n, config.warmup)} images predict each unit's threshold bracket")
     state = dissect.start(prepared)
     clock.lap("warmup_s")
+    tallied = dissect.images_tallied(state)  # the warmup's own images, when it kept them
+    if tallied:
+      progress("pass 1", tallied, config.n)
     save(state)
   else:
     state = dissect.place_state(prepared, state)

@@ -20,13 +20,19 @@ from jaxdissect.latents import Latents, pad_rows
 
 
 class UnitExamples(NamedTuple):
-  """For one layer: `images [U, k, H, W, 3]` uint8 and `maps [U, k, h, w]` float32.
-
-  Slots of units with fewer than k examples (index -1) hold zeros.
+  """For one layer: each distinct top image once, `pool [M, H, W, 3]` uint8, the pool row of
+  every unit's slot, `slots [U, k]` (-1: none), and `maps [U, k, h, w]` float32 (zeros where
+  none). Images are not copied per unit: 512 units x 10 slots of 256x256 images would be 1 GB.
   """
 
-  images: np.ndarray
+  pool: np.ndarray
+  slots: np.ndarray
   maps: np.ndarray
+
+  def images(self, unit: int) -> np.ndarray:
+    """`[k, H, W, 3]` uint8 top images of `unit` (zeros in empty slots)."""
+    rows = self.slots[unit]
+    return np.where((rows >= 0)[:, None, None, None], self.pool[np.maximum(rows, 0)], 0)
 
 
 def top_examples(gen: Generator, top_indices: Mapping[str, np.ndarray], latents: Latents,
@@ -39,28 +45,35 @@ def top_examples(gen: Generator, top_indices: Mapping[str, np.ndarray], latents:
   wanted = np.unique(np.concatenate([np.asarray(v).ravel() for v in top_indices.values()]))
   wanted = wanted[wanted >= 0]
   run = jax.jit(lambda z: gen.apply_fn(gen.params, z, capture=layers))
-  out: dict[str, UnitExamples] = {}
-  chunks = [wanted[i:i + batch_size] for i in range(0, len(wanted), batch_size)]
-  done = 0
-  for chunk in chunks:
+  pool = None
+  maps: dict[str, np.ndarray] = {}
+  for start in range(0, len(wanted), batch_size):
+    chunk = wanted[start:start + batch_size]
     z = pad_rows(latents.rows(chunk, gen.latent_shape), batch_size)  # one shape: no retrace
     images, acts = run(jnp.asarray(z))
     images = np.asarray(to_uint8(images[: len(chunk)]))
+    if pool is None:
+      pool = np.zeros((len(wanted), *images.shape[1:]), np.uint8)
+    pool[start:start + len(chunk)] = images
     for layer in layers:
       idx = np.asarray(top_indices[layer])
       a = np.asarray(acts[layer][: len(chunk)], np.float32)  # [b, h, w, U]
-      if layer not in out:
-        units, k = idx.shape
-        out[layer] = UnitExamples(np.zeros((units, k, *images.shape[1:]), np.uint8),
-                                  np.zeros((units, k, *a.shape[1:3]), np.float32))
+      if layer not in maps:
+        maps[layer] = np.zeros((*idx.shape, *a.shape[1:3]), np.float32)
       pos = np.searchsorted(chunk, idx)
       hit = (idx >= 0) & (pos < len(chunk)) & (chunk[np.minimum(pos, len(chunk) - 1)] == idx)
       u, r = np.nonzero(hit)
-      out[layer].images[u, r] = images[pos[u, r]]
-      out[layer].maps[u, r] = a[pos[u, r], :, :, u]
-    done += len(chunk)
+      maps[layer][u, r] = a[pos[u, r], :, :, u]
     if progress is not None:
-      progress("top images", done, len(wanted))
+      progress("top images", start + len(chunk), len(wanted))
+  out = {}
+  for layer in layers:
+    idx = np.asarray(top_indices[layer])
+    if pool is None:  # no unit has an image: one blank row keeps the shapes
+      pool = np.zeros((0, 1, 1, 3), np.uint8)
+    slots = np.where(idx >= 0, np.searchsorted(wanted, idx), -1)
+    layer_maps = maps.get(layer, np.zeros((*idx.shape, 1, 1), np.float32))
+    out[layer] = UnitExamples(pool, slots, layer_maps)
   return out
 
 

@@ -54,30 +54,34 @@ def forward_fn(gen: Generator, seg: Segmenter, layers: Sequence[str], chunk: int
 
 
 def tally_fn(rule: Any, units: Mapping[str, int], seg_size: tuple[int, int], num_concepts: int,
-             topk: int, tally_chunk: int) -> Callable:
+             topk: int, tally_chunk: int, chunk_bytes: int = 32 << 20) -> Callable:
   """`tally(state, acts, labels, start) -> state`: adds one batch (pure, to be jitted).
 
-  The per-pixel work runs over chunks of `tally_chunk` images in a `lax.scan`, so the upsampled
-  maps of a chunk stay in cache instead of streaming a whole batch through memory (1.6x faster
-  on CPU for the scene GAN's 8x8x128 layer at 64x64).
+  Each layer's per-pixel work runs over chunks of at most `tally_chunk` images in a
+  `lax.scan`, fewer when a chunk's upsampled maps would pass `chunk_bytes` (a 128x128 map of
+  512 units is 32 MiB per image), so they stay in cache instead of streaming a whole batch
+  through memory (1.6x faster on CPU for the scene GAN's 8x8x128 layer at 64x64).
   """
   updates = {layer: rule.update(num_concepts, u) for layer, u in units.items()}
   tops = {layer: topk_stat(u, topk) for layer, u in units.items()}
+  per_image = {layer: u * seg_size[0] * seg_size[1] * 4 for layer, u in units.items()}
 
-  def tally_chunk_of(stats, chunk):
-    acts, labels = chunk
-    out = {}
-    for layer, update in updates.items():
-      a = acts[layer].astype(jnp.float32)
-      out[layer] = update(stats[layer], upsample(a, seg_size), labels, a)
-    return out, None
+  def tally_layer(stat, layer, acts, labels):
+    batch = labels.shape[0]
+    size = math.gcd(batch, max(1, min(tally_chunk, chunk_bytes // per_image[layer])))
+    split = lambda x: x.reshape(batch // size, size, *x.shape[1:])
+
+    def chunk_of(stat, chunk):
+      a, lab = chunk
+      a = a.astype(jnp.float32)
+      return updates[layer](stat, upsample(a, seg_size), lab, a), None
+
+    return jax.lax.scan(chunk_of, stat, (split(acts), split(labels)))[0]
 
   def tally(state, acts: dict[str, jax.Array], labels: jax.Array, start):
     batch = labels.shape[0]
-    size = math.gcd(batch, tally_chunk)
-    split = lambda x: x.reshape(batch // size, size, *x.shape[1:])
-    chunks = ({layer: split(acts[layer]) for layer in units}, split(labels))
-    stats, _ = jax.lax.scan(tally_chunk_of, state.stats, chunks)
+    stats = {layer: tally_layer(state.stats[layer], layer, acts[layer], labels)
+             for layer in units}
     index = start + jnp.arange(batch, dtype=jnp.int32)
     new_tops = {layer: tops[layer].update(state.tops[layer],
                                           jnp.max(acts[layer].astype(jnp.float32), axis=(1, 2)),
@@ -107,20 +111,22 @@ the returned one), `z` a host batch.
   A full batch goes one slice per device. A short last batch is padded to a full one, so the
   models see the same shapes as in every other batch (their numbers cannot depend on it); its
   valid rows are then gathered and re-split, those that do not split evenly being tallied by
-  device 0 alone.
+  device 0 alone. `step.forward(z)` runs the models alone (device arrays, laid out as the step
+  lays them out) and `step.tally(state, out, start, rows)` tallies such an output later: the
+  warmup keeps its images' outputs instead of generating them twice.
   """
   count = mesh.devices.size
   unstack = lambda tree: jax.tree.map(lambda x: x[0], tree)
   stack = lambda tree: jax.tree.map(lambda x: x[None], tree)
 
-  def full(state, z, start):
+  def full(state, out, start):
     index = jax.lax.axis_index(sharding.DATA)
-    acts, labels = forward(z)
-    return stack(tally(unstack(state), acts, labels, start + index * z.shape[0]))
+    acts, labels = out
+    return stack(tally(unstack(state), acts, labels, start + index * labels.shape[0]))
 
-  def short(state, z, start, rows):
+  def short(state, out, start, rows):
     index = jax.lax.axis_index(sharding.DATA)
-    gathered = jax.lax.all_gather(forward(z), sharding.DATA, tiled=True)
+    gathered = jax.lax.all_gather(out, sharding.DATA, tiled=True)
     take = lambda tree, begin, size: jax.tree.map(
         lambda x: jax.lax.dynamic_slice_in_dim(x, begin, size), tree)
     state = unstack(state)
@@ -135,18 +141,25 @@ the returned one), `z` a host batch.
     return stack(state)
 
   data, whole = P(sharding.DATA), P()
-  compiled = {}
+  compiled, tallies = {}, {}
+
+  def body_for(rows: int) -> Callable:
+    return full if rows == batch_size else lambda s, out, start: short(s, out, start, rows)
+
+  def jitted(body: Callable) -> Callable:
+    # Explicit out_shardings: on a 1-device mesh XLA would otherwise hand back P() states,
+    # a second cache entry for what is the same layout. The state is donated: its buffers
+    # become the next state's (a caller keeps only the returned state).
+    return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(data, data, whole), out_specs=data),
+                   out_shardings=NamedSharding(mesh, data), donate_argnums=0)
 
   def step_for(rows: int) -> Callable:
     if rows not in compiled:
-      body = full if rows == batch_size else lambda s, z, start: short(s, z, start, rows)
-      # Explicit out_shardings: on a 1-device mesh XLA would otherwise hand back P() states,
-      # a second cache entry for what is the same layout. The state is donated: its buffers
-      # become the next state's (a caller keeps only the returned state).
-      compiled[rows] = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(data, data, whole),
-                                             out_specs=data),
-                               out_shardings=NamedSharding(mesh, data), donate_argnums=0)
+      body = body_for(rows)
+      compiled[rows] = jitted(lambda s, z, start: body(s, forward(z), start))
     return compiled[rows]
+
+  models = jax.jit(jax.shard_map(forward, mesh=mesh, in_specs=data, out_specs=data))
 
   def step(state, z, start):
     z = np.asarray(z)
@@ -154,9 +167,21 @@ the returned one), `z` a host batch.
     first = sharding.replicate(mesh, np.int32(int(start)))
     return step_for(rows)(state, sharding.shard_rows(mesh, pad_rows(z, batch_size)), first)
 
+  def run_models(z):
+    """`(acts, labels)` of a host batch (padded to a full one), as the step computes them."""
+    return models(sharding.shard_rows(mesh, pad_rows(np.asarray(z), batch_size)))
+
+  def tally_output(state, out, start, rows: int):
+    """`step` for a batch whose models already ran (`out = step.forward(z)`, `rows` real)."""
+    if rows not in tallies:
+      tallies[rows] = jitted(body_for(rows))
+    return tallies[rows](state, out, sharding.replicate(mesh, np.int32(int(start))))
+
   def cache_size() -> int:
     """Compiled executables so far (tests check that every full batch reuses one)."""
     return sum(fn._cache_size() for fn in compiled.values())  # pylint: disable=protected-access
 
   step.cache_size = cache_size
+  step.forward = run_models
+  step.tally = tally_output
   return step

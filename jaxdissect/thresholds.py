@@ -17,11 +17,12 @@ grid level is an exact count.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from jaxdissect.stats import conditional, tail
+from jaxdissect.stats import conditional, tail, tail_bins
 
 IQR_LEVELS = 1.0 - np.logspace(-3, 0, 100)[::-1]  # ascending quantile levels of the IQR grid
 
@@ -43,20 +44,32 @@ class LayerOutcome(NamedTuple):
 
 
 class TopQuantile(NamedTuple):
-  """A unit is on where its upsampled activation is in its top `q` (0 < q < 1)."""
+  """A unit is on where its upsampled activation is in its top `q` (0 < q < 1).
+
+  The tally bins each unit's bracket into `num_bins` bins in `segments` runs of equal bins
+  between knots read off the warmup (`bracket_of_largest`); `tolerance` bounds every IoU's error,
+  or the unit is tallied again on a narrower bracket.
+  """
 
   q: float
   num_bins: int = 2048
   tolerance: float = 1e-3
+  segments: int = 16
 
   name = "quantile"
-  bracket_fields = ("lo", "width")
+  bracket_fields = ("knots",)
+
   from_largest = True  # the bracket needs only each unit's largest warmup values (`keep`)
 
+  @property
+  def runs(self) -> int:
+    """Segments of equal bins actually used: the largest count dividing `num_bins`."""
+    return math.gcd(self.num_bins, self.segments)
+
   def stat(self, num_concepts: int, units: int, bracket: Any = None):
-    lo, hi = (np.zeros(units, np.float32), np.ones(units, np.float32)) if bracket is None \
-        else bracket
-    return tail.tail_histogram(units, num_concepts, lo, hi, self.num_bins)
+    knots = tail_bins.uniform_knots(np.zeros(units), np.ones(units), self.runs) \
+        if bracket is None else bracket
+    return tail.tail_histogram(units, num_concepts, knots, self.num_bins)
 
   def update(self, num_concepts: int, units: int) -> Callable:
     """`f(state, upsampled, labels, raw) -> state` (the tail tally also takes the raw map)."""
@@ -64,34 +77,39 @@ class TopQuantile(NamedTuple):
     return lambda state, up, labels, raw: update(state, up, labels, raw)
 
   def bracket_of(self, state: tail.TailState) -> Any:
-    lo = np.asarray(state.lo)
-    return lo, lo + np.asarray(state.width) * self.num_bins
+    return np.asarray(state.knots)
 
   def keep(self, total: int) -> int:
     """How many of each unit's largest values (of `total`) the bracket is read from."""
     return _tail_ranks(total, self.q)[1]
 
-  def bracket_of_largest(self, kept: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray]:
-    """`(lo, hi)` from each unit's `keep(total)` largest of `total` values (in any order):
-    the order statistics at 3q and q/3 from the top. A value at the q-quantile shared by many
-    pixels (a ReLU's zero) becomes lo itself, so the threshold lands on the point mass exactly."""
+  def bracket_of_largest(self, kept: np.ndarray, total: int) -> np.ndarray:
+    """Knots `[U, S + 1]` from each unit's `keep(total)` largest of `total` values (in any
+    order): order statistics from 3q down to q/3 from the top, densest around q
+    (`_knot_ranks`), so bins hold about equal numbers of pixels, fewest where the threshold is
+    expected. A value at the q-quantile shared by many pixels (a ReLU's zero) becomes lo
+    itself, so the threshold lands on the point mass exactly, and the knots span (lo, q/3]."""
     rank_q, rank_lo, rank_hi = _tail_ranks(total, self.q)
     top = np.sort(kept, axis=1)[:, ::-1]  # descending: top[:, r - 1] has rank r
     at_q = top[:, rank_q - 1]
-    lo = top[:, rank_lo - 1]
     tied = np.sum(kept == at_q[:, None], axis=1) > max(1, rank_q // 10)
-    lo = np.where(tied, at_q, lo)
-    hi = np.maximum(top[:, rank_hi - 1], lo)
-    return lo.astype(np.float32), hi.astype(np.float32)
+    runs = self.runs
+    ranks = _knot_ranks(rank_q, rank_lo, rank_hi, runs)
+    # Tied units: knots evenly spaced in log-rank from q to q/3, above the point mass.
+    squeezed = np.round(rank_q * (max(rank_hi, 1) / rank_q) ** np.linspace(0, 1, runs + 1))
+    squeezed = np.minimum.accumulate(squeezed.astype(np.int64))
+    knots = np.where(tied[:, None], top[:, squeezed - 1], top[:, ranks - 1])
+    knots[:, 0] = np.where(tied, at_q, knots[:, 0])
+    knots = np.maximum.accumulate(np.maximum(knots, knots[:, :1]), axis=1)
+    return tail_bins.normalize_knots(knots, self.num_bins)
 
   def outcome(self, state: tail.TailState) -> LayerOutcome:
     res = tail.tail_iou(state, float(self.q))
-    bound = np.max(np.maximum(res.iou_high - res.iou, res.iou - res.iou_low), axis=1)
-    bound = np.where(res.resolved, bound, 1.0)
-    lo, hi, redo = tail.refine_brackets(state, res, self.tolerance)
+    bound = np.where(res.resolved, res.bound, 1.0)
+    knots, redo = tail.refine_brackets(state, res, self.tolerance)
     label = np.argmax(res.iou, axis=1)
     return LayerOutcome(res.thresholds, res.iou, label, bound, np.zeros(len(res.thresholds)),
-                        (lo, hi) if redo.any() else None)
+                        knots if redo.any() else None)
 
 
 class IqrGrid(NamedTuple):
@@ -103,7 +121,7 @@ class IqrGrid(NamedTuple):
 
   name = "iqr"
   bracket_fields = ("edges",)
-  from_largest = False  # the grid needs every warmup value (`warmup_bracket`)
+  from_largest = False  # the grid needs a sample of all warmup values (`sample`)
 
   def stat(self, num_concepts: int, units: int, bracket: Any = None):
     edges = np.zeros((units, len(IQR_LEVELS)), np.float32) if bracket is None else bracket
@@ -116,12 +134,16 @@ class IqrGrid(NamedTuple):
   def bracket_of(self, state: conditional.ConditionalState) -> Any:
     return np.asarray(state.edges)
 
+  def sample(self, total: int) -> np.ndarray:
+    """Sorted positions (of `total` warmup values per unit) the grid is read from: a fixed
+    random subsample of at most `cap`, so the warmup keeps `[U, cap]` values, not all."""
+    if total <= self.cap:
+      return np.arange(total)
+    return np.sort(np.random.RandomState(self.seed).choice(total, self.cap, replace=False))
+
   def warmup_bracket(self, values: Sequence[np.ndarray]) -> Any:
-    """`[U, 100]` quantiles at IQR_LEVELS of the warmup values (a fixed subsample of <= cap)."""
+    """`[U, 100]` quantiles at IQR_LEVELS of the sampled warmup values (`sample`)."""
     values = np.concatenate(values, axis=1)
-    if values.shape[1] > self.cap:
-      cols = np.random.RandomState(self.seed).choice(values.shape[1], self.cap, replace=False)
-      values = values[:, np.sort(cols)]
     grid = np.quantile(values, IQR_LEVELS, axis=1).T
     return np.maximum.accumulate(grid, axis=1).astype(np.float32)
 
@@ -195,6 +217,19 @@ def interpretable_for(threshold: float | str, rule: str = "auto",
     raise ValueError("the 'gandissect' interpretability rule needs each label's IQR, which only "
                      "IQR thresholds compute; use threshold 'iqr' or the 'iou' rule")
   return Interpretable(0.05 if iou is None else float(iou), 0.01)
+
+
+def _knot_ranks(rank_q: int, rank_lo: int, rank_hi: int, segments: int,
+                concentration: float = 2.0) -> np.ndarray:
+  """`segments + 1` ranks from the top, `rank_lo` down to `rank_hi`, spaced evenly in
+  `sinh(concentration * t)` of log-rank: dense near `rank_q`, where the threshold is expected
+  (the warmup's estimate of it is off by a few percent of q), sparse towards the ends."""
+  t = np.linspace(1.0, -1.0, segments + 1)
+  below, above = np.log(rank_lo / rank_q), np.log(rank_q / max(rank_hi, 1))
+  scale = np.where(t > 0, below, above)
+  ranks = rank_q * np.exp(scale * np.sinh(concentration * t) / np.sinh(concentration))
+  ranks = np.clip(np.round(ranks), max(rank_hi, 1), max(rank_lo, 1)).astype(np.int64)
+  return np.minimum.accumulate(ranks)
 
 
 def _tail_ranks(total: int, q: float) -> tuple[int, int, int]:

@@ -25,17 +25,19 @@ from jaxdissect.upsample import upsample
 
 def host_brackets(rule: Any, layers: Mapping[str, tuple[int, int, int]],
                   seg_size: tuple[int, int], batches: Iterable[Mapping[str, np.ndarray]],
-                  rows: int, chunk_bytes: int = 64 << 20) -> dict[str, Any]:
+                  rows: int, chunk_bytes: int = 16 << 20) -> dict[str, Any]:
   """Per-layer brackets from host activation batches `{layer: acts}` of `rows` images in all.
 
-  A rule that needs only each unit's largest values (`rule.from_largest`) gets them from a
-  running top-`keep` over upsampled chunks of about `chunk_bytes`, so host memory stays at one
-  chunk plus `[U, keep]` per layer whatever the warmup's size (100 images of an 8x8x512 layer
-  at 128x128 are 3.4 GB upsampled). Other rules (IQR grids) see every upsampled value.
+  Host memory stays at one upsampled chunk of about `chunk_bytes` plus what the rule keeps per
+  unit, whatever the warmup's size (100 images of an 8x8x512 layer at 128x128 are 3.4 GB
+  upsampled): a rule that needs only each unit's largest values (`rule.from_largest`) gets a
+  running top-`keep`; others (IQR grids) the values at the fixed positions `rule.sample(total)`.
   """
   up = jax.jit(lambda a: upsample(a.astype(jnp.float32), seg_size))
   total = rows * seg_size[0] * seg_size[1]
+  sample = None if rule.from_largest else rule.sample(total)
   kept: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
+  seen = {layer: 0 for layer in layers}
   bad = {layer: np.zeros(units, bool) for layer, (_, _, units) in layers.items()}
   for acts in batches:
     for layer, (_, _, units) in layers.items():
@@ -46,9 +48,12 @@ def host_brackets(rule: Any, layers: Mapping[str, tuple[int, int, int]],
         values = np.ascontiguousarray(
             np.asarray(up(acts[layer][start:start + step])).reshape(-1, units).T)
         bad[layer] |= ~np.all(np.isfinite(values), axis=1)
-        kept[layer].append(values)
         if rule.from_largest:
-          kept[layer] = [largest_values(kept[layer], rule.keep(total))]
+          kept[layer] = [largest_values(kept[layer] + [values], rule.keep(total))]
+        else:
+          first, seen[layer] = seen[layer], seen[layer] + values.shape[1]
+          lo, hi = np.searchsorted(sample, [first, seen[layer]])
+          kept[layer].append(values[:, sample[lo:hi] - first])
   brackets = {}
   for layer in layers:
     _check_finite(layer, bad[layer])

@@ -129,3 +129,15 @@ def test_non_finite_activations_are_reported(planted_world):
 
   with pytest.raises(FloatingPointError, match="layer2.*units \\[4\\]"):
     dissect.dissect(gen._replace(apply_fn=broken), seg, _config(planted_world, ["layer2"], 50))
+
+
+def test_the_warmup_tallies_its_own_images_once(planted_world, monkeypatch):
+  gen, seg = planted_world.generator, planted_world.segmenter
+  config = dissect.Config(("layer2",), 60, batch_size=20, warmup=40)
+  assert dissect.images_tallied(dissect.start(dissect.prepare(gen, seg, config))) == 40
+  kept = dissect.dissect(gen, seg, config)
+  monkeypatch.setattr(dissect, "KEEP_WARMUP_BYTES", 0)  # too large to keep: generate them again
+  assert dissect.images_tallied(dissect.start(dissect.prepare(gen, seg, config))) == 0
+  again = dissect.dissect(gen, seg, config)
+  for a, b in zip(kept["layer2"], again["layer2"], strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -181,7 +181,7 @@ def test_cdf_inverts_quantiles():
 
 def _device_only(monkeypatch):
   """Makes the sketch use its jnp kernels (`jnp.sort`) on CPU too."""
-  monkeypatch.setattr(quantile, "_numpy_on_cpu", lambda host, device, *args: device(*args))
+  monkeypatch.setattr(quantile, "numpy_on_cpu", lambda host, device, *args: device(*args))
 
 
 def _run(data, batches, **kw):

@@ -390,6 +390,20 @@ def test_conditional_nonfinite_and_bad_labels():
   np.testing.assert_array_equal(state.count, has.T.astype(int) @ finite.reshape(-1, U))
 
 
+def test_conditional_cpu_kernel_writes_the_state_of_the_xla_scatter(monkeypatch):
+  from jaxdissect.stats import conditional  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(12)
+  acts, labels, edges = _acts(rng), _labels(rng), _edges()
+  acts[0, 0, 0, 1], acts[2, 3, 4, 1], acts[1, 1, 1, 3] = np.nan, np.inf, -np.inf
+  labels[1, 2, 2, 1], labels[0, 1, 1, 0] = 99, -3
+  stat = conditional_histogram(U, K, edges)
+  host = _run(stat, [(acts[:2], labels[:2]), (acts[2:], labels[2:])])
+  monkeypatch.setattr(conditional, "numpy_on_cpu", lambda host, device, *args: device(*args))
+  device = _run(stat, [(acts[:2], labels[:2]), (acts[2:], labels[2:])])
+  for field, a, b in zip(host._fields, host, device):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=field)
+
+
 def test_conditional_quantiles_interpolate_the_grid():
   rng = np.random.default_rng(10)
   acts = rng.normal(size=(2, 8, 8, U)).astype(np.float32)

@@ -1,9 +1,9 @@
 """The light dissection part: how much one-pass dissection adds to the scene world's bare pass.
 
-The scene world, layer4 alone and layers layer1..layer10: a jitted generator forward capturing
-the layers plus the segmenter's labels over `n` images (compile excluded) against
-`dissect.dissect` over the same images, with and without compilation (the warmup included), and
-the two-pass `reference_dissect` of layer4.
+The scene world, layer4 alone and layers layer1..layer10, with top-1% thresholds and with IQR
+thresholds (`_iqr`): a jitted generator forward capturing the layers plus the segmenter's labels
+over `n` images (compile excluded) against `dissect.dissect` over the same images, with and
+without compilation (the warmup included), and the two-pass `reference_dissect` of layer4.
 """
 
 from __future__ import annotations
@@ -19,8 +19,11 @@ def bench_light(repeats: int, n: int, batch: int) -> dict:
   """Scene world, layer4 and all ten layers: bare pass vs one-pass (and two-pass) dissection."""
   world = zoo.load_world("sceneworld")
   gen, seg = world.generator, world.segmenter
-  workloads = {"layer4": ("layer4",), "all": tuple(gen.layers[:-1])}
-  configs = {name: dissect.Config(layers, n, batch_size=batch)
+  every = tuple(gen.layers[:-1])
+  workloads = {"layer4": ("layer4",), "all": every,
+               "layer4_iqr": ("layer4",), "all_iqr": every}
+  configs = {name: dissect.Config(layers, n, batch_size=batch,
+                                  threshold="iqr" if name.endswith("iqr") else 0.01)
              for name, layers in workloads.items()}
   forwards = {name: dissect_pass.bare_forward(gen, seg, c) for name, c in configs.items()}
   runs = {name: dissect_pass.compiled_run(gen, seg, c) for name, c in configs.items()}
@@ -47,7 +50,7 @@ def bench_light(repeats: int, n: int, batch: int) -> dict:
                                       samples[name], f"light {name}", r)
   out = {"n": n, "batch": batch}
   for name in workloads:
-    out[name] = {"layers": list(workloads[name]),
+    out[name] = {"layers": list(workloads[name]), "threshold": configs[name].threshold,
                  **dissect_pass.summary(samples[name], bare[name]),
                  **dissect_pass.stage_costs(gen, seg, runs[name], repeats)}
   return out

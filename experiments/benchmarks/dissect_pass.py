@@ -72,7 +72,12 @@ def repeat_around_bare(forward, config: dissect.Config, measure, bare: list[floa
 
 def compiled_run(gen, seg, config: dissect.Config) -> dissect.Run:
   """A prepared run whose generator and step are already compiled for the config's batch size."""
-  run = dissect.prepare(gen, seg, config)
+  return compile_prepared(dissect.prepare(gen, seg, config))
+
+
+def compile_prepared(run: dissect.Run) -> dissect.Run:
+  """`run` with its generator and step compiled (each run once on a batch of zero latents)."""
+  config = run.config
   z = np.zeros((config.batch_size, *run.latent_shape), np.float32)
   jax.block_until_ready(run.generate(sharding.shard_rows(run.mesh, z)))
   empty = dissect.place_state(run, dissect.template_state(run))

@@ -65,6 +65,6 @@ def write_strips(outdir: str, results: Mapping[str, LayerResult], gen: Generator
     for u in range(len(result.label)):
       k = examples.example_count(result.top_indices[u])
       if k:
-        strip = strips.unit_strip(ex.images[u, :k], ex.maps[u, :k], float(result.thresholds[u]),
+        strip = strips.unit_strip(ex.images(u)[:k], ex.maps[u, :k], float(result.thresholds[u]),
                                   tile=tile)
         strips.save_jpeg(os.path.join(outdir, document.unit_image_path(layer, u)), strip)

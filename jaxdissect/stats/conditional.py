@@ -32,8 +32,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdissect.errors import check_shape
+from jaxdissect.stats import conditional_cpu
+from jaxdissect.stats.backend import numpy_on_cpu
 from jaxdissect.stats.base import Stat
 from jaxdissect.stats.iou import check_labels, count_bad_labels, plogp
+from jaxdissect.stats.quantile_keys import to_key
 
 
 class ConditionalState(NamedTuple):
@@ -109,31 +112,45 @@ def _histogram(
   return hist.reshape(num_concepts, num_units, num_levels + 1)
 
 
-def _batch_tally(
-    edges: jax.Array, acts: jax.Array, labels: jax.Array, num_concepts: int
-) -> ConditionalState:
-  """The tallies of one batch: edges `[U, T]`, acts `[B, H, W, U]`, labels `[B, H, W, D]`."""
-  num_units, num_levels = edges.shape
+def _add_batch(state: ConditionalState, acts: jax.Array, labels: jax.Array,
+               num_concepts: int) -> ConditionalState:
+  """`state` with one batch (acts `[B, H, W, U]`, labels `[B, H, W, D]`) counted in, in place."""
+  num_units = state.edges.shape[0]
   num_pixels = acts.shape[0] * acts.shape[1] * acts.shape[2]
   acts = acts.reshape(num_pixels, num_units).astype(jnp.float32)
   labels = labels.reshape(num_pixels, -1)
   finite = jnp.isfinite(acts)
+  rows = _label_rows(labels, num_concepts)
+  above, count, pixels = numpy_on_cpu(_host_count, _device_count, state.above, state.count,
+                                      state.pixels, acts, rows, state.edges)
+  return state._replace(
+      above=above, count=count, pixels=pixels,
+      nonfinite=state.nonfinite + jnp.sum(~finite, axis=0, dtype=jnp.int32),
+      bad_labels=state.bad_labels + count_bad_labels(labels, num_concepts))
+
+
+def _host_count(above, count, pixels, acts, rows, edges):
+  """`conditional_cpu.host_count` on order-preserving keys, units major (zeros made +0.0, so
+  key order is float order; non-finite values as -inf, below every level)."""
+  keys = lambda x: to_key(jnp.where(x == 0, 0.0, x))
+  values = jnp.where(jnp.isfinite(acts), acts, -jnp.inf).T
+  return conditional_cpu.host_count(above, count, pixels, keys(values), rows, keys(edges))
+
+
+def _device_count(above, count, pixels, acts, rows, edges):
+  """The counting of `conditional_cpu.host_count` as XLA scatter-adds."""
+  num_concepts, _, num_levels = above.shape
   # bins[p, u] = number of edges[u] strictly below acts[p, u], in [0, T].
-  bins = jax.vmap(jnp.searchsorted, in_axes=(0, 1), out_axes=1)(edges, acts)
-  label_rows = _label_rows(labels, num_concepts)
-  rows = jnp.concatenate([jnp.zeros((num_pixels, 1), jnp.int32), label_rows], axis=1)
-  hist = _histogram(bins.astype(jnp.int32), finite, rows, num_concepts, num_levels)
+  bins = jax.vmap(jnp.searchsorted, in_axes=(0, 1), out_axes=1)(edges, acts).astype(jnp.int32)
+  hist = _histogram(bins, jnp.isfinite(acts), rows_with_all(rows), num_concepts, num_levels)
   tail = jnp.cumsum(hist[..., ::-1], axis=-1)[..., ::-1]  # tail[..., t] = sum_{b >= t}
-  pixels = jnp.zeros((num_concepts,), jnp.int32).at[label_rows.ravel()].add(1, mode="drop")
-  return ConditionalState(
-      edges=edges,
-      above=tail[..., 1:],
-      count=tail[..., 0],
-      pixels=pixels.at[0].set(num_pixels),
-      nonfinite=jnp.sum(~finite, axis=0, dtype=jnp.int32),
-      bad_labels=count_bad_labels(labels, num_concepts),
-      mismatch=jnp.zeros((), jnp.int32),
-  )
+  pixels = pixels.at[rows.ravel()].add(1, mode="drop").at[0].add(rows.shape[0])
+  return above + tail[..., 1:], count + tail[..., 0], pixels
+
+
+def rows_with_all(rows: jax.Array) -> jax.Array:
+  """`[P, D]` label rows with row 0 (all pixels) prepended: `[P, 1 + D]`."""
+  return jnp.concatenate([jnp.zeros((rows.shape[0], 1), jnp.int32), rows], axis=1)
 
 
 def _add(a: ConditionalState, b: ConditionalState) -> ConditionalState:
@@ -181,7 +198,7 @@ def conditional_histogram(num_units: int, num_concepts: int, edges: jax.Array) -
     acts, labels = jnp.asarray(acts), jnp.asarray(labels)
     check_shape("acts", acts.shape, (None, None, None, num_units))
     check_labels(labels, acts.shape[:3])
-    return _add(state, _batch_tally(state.edges, acts, labels, num_concepts))
+    return _add_batch(state, acts, labels, num_concepts)
 
   return Stat(init, update, merge_conditional, conditional_cdf)
 

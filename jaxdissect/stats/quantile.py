@@ -43,14 +43,15 @@ streams (see `tests/test_stats_quantile.py`); min and max are tracked exactly.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxdissect.stats.base import Stat
-from jaxdissect.stats.quantile_cpu import buffer_callback, host_compact, host_ingest
+from jaxdissect.stats.backend import numpy_on_cpu
+from jaxdissect.stats.quantile_cpu import host_compact, host_ingest
 from jaxdissect.stats.quantile_jnp import device_compact, device_ingest, write
 from jaxdissect.stats.quantile_keys import EMPTY, LOWEST, from_key, to_key
 
@@ -94,13 +95,6 @@ class QuantileState(NamedTuple):
 # states.
 
 
-def _numpy_on_cpu(host: Callable, device: Callable, *args):
-  """`host(*args)` when lowering for the CPU backend, `device(*args)` for any other."""
-  if buffer_callback is None:
-    return device(*args)
-  return jax.lax.platform_dependent(*args, cpu=host, default=device)
-
-
 def ingest_block(keys: jax.Array, blocks: jax.Array, index, slot, at, stride,
                  offset: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Appends the level-0 items of the raw values `blocks[index]` to a level, in place.
@@ -119,7 +113,7 @@ def ingest_block(keys: jax.Array, blocks: jax.Array, index, slot, at, stride,
     The new `keys` and `[3, U]` int32 per-unit statistics of the block: finite count, smallest
     key, largest key (`EMPTY` / int32 min when a unit has no finite value).
   """
-  return _numpy_on_cpu(host_ingest, device_ingest, keys, blocks,
+  return numpy_on_cpu(host_ingest, device_ingest, keys, blocks,
                        jnp.asarray(index, jnp.int32), slot, at, stride, offset.astype(jnp.int32))
 
 
@@ -127,7 +121,7 @@ def compact_level(keys: jax.Array, src, n, offset: jax.Array, stride, dst, at) -
   """Sorts the first `n` items of slot `src` and writes every `stride`-th one, from `offset`
   `[U]` (in `[0, stride)` per unit), to `keys[dst, :, at:at + ceil(n / stride)]`, in place.
   Returns the new `keys`."""
-  return _numpy_on_cpu(host_compact, device_compact, keys, src, n, offset.astype(jnp.int32),
+  return numpy_on_cpu(host_compact, device_compact, keys, src, n, offset.astype(jnp.int32),
                        stride, dst, at)
 
 

@@ -21,10 +21,7 @@ import numpy as np
 
 from jaxdissect.stats.quantile_keys import EMPTY, KEY_NEG_INF, KEY_POS_INF, LOWEST
 
-try:  # an experimental jax API: without it the CPU runs the jnp kernels too (slower, same state)
-  from jax.experimental.buffer_callback import buffer_callback  # pylint: disable=g-import-not-at-top
-except ImportError:  # pragma: no cover - depends on the installed jax
-  buffer_callback = None
+from jaxdissect.stats.backend import buffer_callback
 
 _CHUNK = 64  # units per piece of numpy work (fewer, larger numpy calls: the GIL is shared)
 _TILE = 4096  # rows per transposing copy (one call per piece at the default block size)

@@ -1,0 +1,51 @@
+"""Numpy kernels on the CPU backend, jax code elsewhere, chosen when a function is lowered.
+
+Some tallies are faster as numpy code run on XLA's own CPU buffers (`buffer_callback`, operands
+aliased to results, no copies) than as XLA CPU loops: sorts, and scatters that drop most of
+their updates. On other backends the jax version runs. Both must write identical states.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+
+try:  # an experimental jax API: without it the CPU runs the jax kernels too (slower, same state)
+  from jax.experimental.buffer_callback import buffer_callback  # pylint: disable=g-import-not-at-top
+except ImportError:  # pragma: no cover - depends on the installed jax
+  buffer_callback = None
+
+
+def numpy_on_cpu(host: Callable, device: Callable, *args):
+  """`host(*args)` when lowering for the CPU backend, `device(*args)` for any other."""
+  if buffer_callback is None:
+    return device(*args)
+  return jax.lax.platform_dependent(*args, cpu=_varying_like(host, args), default=device)
+
+
+def _varying_like(host: Callable, args) -> Callable:
+  """`host` with its results marked as varying over the mesh axes its operands vary over
+  (inside `shard_map` a callback's results are not, and both branches must agree)."""
+  axes = set()
+  for leaf in jax.tree.leaves(args):
+    axes |= _varying(leaf)
+  if not axes:
+    return host
+
+  def marked(*operands):
+    return jax.tree.map(lambda x: _pcast(x, axes), host(*operands))
+
+  return marked
+
+
+def _varying(x) -> set:
+  """The mesh axes `x` varies over (none outside `shard_map`; jax versions name it apart)."""
+  kind = jax.typeof(x)
+  manual = getattr(kind, "manual_axis_type", None)
+  return set(getattr(manual, "varying", None) or getattr(kind, "vma", None) or ())
+
+
+def _pcast(x, axes):
+  missing = tuple(sorted(axes - _varying(x)))
+  return jax.lax.pcast(x, missing, to="varying") if missing else x
