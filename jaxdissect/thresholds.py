@@ -85,21 +85,29 @@ class TopQuantile(NamedTuple):
 
   def bracket_of_largest(self, kept: np.ndarray, total: int) -> np.ndarray:
     """Knots `[U, S + 1]` from each unit's `keep(total)` largest of `total` values (in any
-    order): order statistics from 3q down to q/3 from the top, densest around q
+    order): order statistics from 3q up to the largest value from the top, densest around q
     (`_knot_ranks`), so bins hold about equal numbers of pixels, fewest where the threshold is
-    expected. A value at the q-quantile shared by many pixels (a ReLU's zero) becomes lo
-    itself, so the threshold lands on the point mass exactly, and the knots span (lo, q/3]."""
+    expected; the last knot lies beyond the largest value. A value at the q-quantile shared by
+    many pixels (a ReLU's zero) becomes lo itself, so the threshold lands on the point mass
+    exactly, and the other knots lie above it."""
     rank_q, rank_lo, rank_hi = _tail_ranks(total, self.q)
     top = np.sort(kept, axis=1)[:, ::-1]  # descending: top[:, r - 1] has rank r
     at_q = top[:, rank_q - 1]
     tied = np.sum(kept == at_q[:, None], axis=1) > max(1, rank_q // 10)
     runs = self.runs
-    ranks = _knot_ranks(rank_q, rank_lo, rank_hi, runs)
-    # Tied units: knots evenly spaced in log-rank from q to q/3, above the point mass.
-    squeezed = np.round(rank_q * (max(rank_hi, 1) / rank_q) ** np.linspace(0, 1, runs + 1))
-    squeezed = np.minimum.accumulate(squeezed.astype(np.int64))
+    # 3q .. q/3 densest around q, then q/3 .. q/30 and q/30 .. beyond the largest value.
+    inner = max(runs - 2, 1)
+    far = [max(1, rank_hi // 10), 1][-(runs - inner):] if runs > inner else []
+    ranks = np.concatenate([_knot_ranks(rank_q, rank_lo, rank_hi, inner), far])
+    # Tied units: the inner knots evenly spaced in log-rank from q to q/3, above the point mass.
+    squeezed = np.concatenate([np.round(rank_q * (rank_hi / rank_q) ** np.linspace(
+        0, 1, inner + 1)).astype(np.int64), far])
+    ranks, squeezed = (np.minimum.accumulate(np.asarray(r, np.int64)) for r in (ranks, squeezed))
     knots = np.where(tied[:, None], top[:, squeezed - 1], top[:, ranks - 1])
     knots[:, 0] = np.where(tied, at_q, knots[:, 0])
+    # The last knot goes as far above the warmup's largest value as that is above its q-th: a
+    # unit that fires hardest on images the warmup did not see still has its threshold inside.
+    knots[:, -1] = top[:, 0] + (top[:, 0] - at_q)
     knots = np.maximum.accumulate(np.maximum(knots, knots[:, :1]), axis=1)
     return tail_bins.normalize_knots(knots, self.num_bins)
 
@@ -233,6 +241,6 @@ def _knot_ranks(rank_q: int, rank_lo: int, rank_hi: int, segments: int,
 
 
 def _tail_ranks(total: int, q: float) -> tuple[int, int, int]:
-  """1-based ranks from the top of the q-quantile, the bracket's low end and its high end."""
+  """1-based ranks from the top of the q-quantile, the bracket's low end, and q/3."""
   rank_q = max(1, int(round(q * total)))
   return rank_q, min(total, 3 * rank_q), max(1, rank_q // 3)
