@@ -43,12 +43,12 @@ class Config(NamedTuple):
   sample `seed`. `forward_chunk`: images per generator and segmenter call (0: a device's whole
   share of a batch; -1, `AUTO_CHUNK`, the default: the largest divisor of that share whose step
   fits the device's memory by XLA's analysis, see `jaxdissect.fit`; on devices without a memory
-  limit, as CPUs, whose forward plans at most `HOST_FORWARD_BYTES`); convolutions may round differently for different batch shapes
-  (XLA's CPU ones do), so runs on different device counts are bit-identical when it divides every
-  device's share. `memory_budget`: bytes per device the automatic chunk must fit (None: a share
-  of the device's limit, `fit.SAFETY`); only with `forward_chunk=-1`. `warmup_on`: where the
-  warmup ranks activations, "host", "device" or "auto" (see `jaxdissect.warmup`); the brackets
-  are the same.
+  limit, as CPUs, whose forward plans at most `HOST_FORWARD_BYTES`); convolutions may round
+  differently for different batch shapes (XLA's CPU ones do), so runs on different device counts
+  are bit-identical when it divides every device's share. `memory_budget`: bytes per device the
+  automatic chunk must fit (None: a share of the device's limit, `fit.SAFETY`); only with
+  `forward_chunk=-1`. `warmup_on`: where the warmup ranks activations, "host", "device" or
+  "auto" (see `jaxdissect.warmup`); the brackets are the same.
   """
 
   layers: tuple[str, ...]

@@ -33,7 +33,7 @@ def host_brackets(rule: Any, layers: Mapping[str, tuple[int, int, int]],
   upsampled): a rule that needs only each unit's largest values (`rule.from_largest`) gets a
   running top-`keep`; others (IQR grids) the values at the fixed positions `rule.sample(total)`.
   """
-  up = jax.jit(lambda a: upsample(a.astype(jnp.float32), seg_size))
+  up = _upsampler(tuple(seg_size))
   total = rows * seg_size[0] * seg_size[1]
   sample = None if rule.from_largest else rule.sample(total)
   kept: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
@@ -85,6 +85,12 @@ def device_brackets(rule: Any, layers: Mapping[str, tuple[int, int, int]],
     _check_finite(layer, _local_copy(bad[layer]) > 0)
     brackets[layer] = rule.bracket_of_largest(_local_copy(kept[layer]), total)
   return brackets
+
+
+@functools.lru_cache(maxsize=64)
+def _upsampler(seg_size: tuple[int, int]) -> Callable:
+  """Jitted float32 upsampling to `seg_size`, built once per size (not once per dissection)."""
+  return jax.jit(lambda a: upsample(a.astype(jnp.float32), seg_size))
 
 
 def _check_finite(layer: str, bad: np.ndarray) -> None:

@@ -76,12 +76,15 @@ def compiled_run(gen, seg, config: dissect.Config) -> dissect.Run:
 
 
 def compile_prepared(run: dissect.Run) -> dissect.Run:
-  """`run` with its generator and step compiled (each run once on a batch of zero latents)."""
+  """`run` with its functions compiled for the config's batch size (each run once on a batch of
+  zero latents): the generator, the step, and the warmup's models-alone and tally-alone calls."""
   config = run.config
   z = np.zeros((config.batch_size, *run.latent_shape), np.float32)
   jax.block_until_ready(run.generate(sharding.shard_rows(run.mesh, z)))
   empty = dissect.place_state(run, dissect.template_state(run))
-  jax.block_until_ready(run.step(empty, z, 0))
+  empty = jax.block_until_ready(run.step(empty, z, 0))
+  rows = min(config.batch_size, config.warmup, config.n)
+  jax.block_until_ready(run.step.tally(empty, run.step.forward(z), 0, rows))
   return run
 
 

@@ -7,11 +7,14 @@ their updates. On other backends the jax version runs. Both must write identical
 
 from __future__ import annotations
 
+import os
+import threading
 from typing import Callable
 
 import jax
 
-try:  # an experimental jax API: without it the CPU runs the jax kernels too (slower, same state)
+# An experimental jax API: without it the CPU runs the jax kernels too (slower, same state).
+try:
   from jax.experimental.buffer_callback import buffer_callback  # pylint: disable=g-import-not-at-top
 except ImportError:  # pragma: no cover - depends on the installed jax
   buffer_callback = None
@@ -49,3 +52,36 @@ def _varying(x) -> set:
 def _pcast(x, axes):
   missing = tuple(sorted(axes - _varying(x)))
   return jax.lax.pcast(x, missing, to="varying") if missing else x
+
+
+def over_units(count: Callable[[slice], None], num_units: int, parallel: bool = True,
+               align: int = 1) -> None:
+  """Runs `count(units)` on slices of `num_units` units, one per core in threads (numpy
+  releases the GIL in its loops), when `parallel`; slice starts are multiples of `align`.
+  Threads live only for the call (starting one costs microseconds against milliseconds of
+  counting), so nothing is held between calls. Slices are disjoint, so kernels that write only
+  their units' cells need no lock. An exception in any slice is raised here."""
+  cores = min(os.cpu_count() or 1, 8) if parallel else 1
+  step = max(1, -(-num_units // cores // align) * align)
+  slices = [slice(lo, min(lo + step, num_units)) for lo in range(0, max(num_units, 1), step)]
+  errors = []
+
+  def run(units: slice) -> None:
+    try:
+      count(units)
+    except BaseException as e:  # pylint: disable=broad-exception-caught
+      errors.append(e)
+
+  threads = [threading.Thread(target=run, args=(u,), name="count") for u in slices[1:]]
+  for thread in threads:
+    thread.start()
+  run(slices[0])
+  for thread in threads:
+    thread.join()
+  if errors:
+    raise errors[0]
+
+
+def worth_threads(num_values: int) -> bool:
+  """Whether counting `num_values` values repays starting threads (about 2**18 values each)."""
+  return num_values >= 1 << 19

@@ -18,6 +18,8 @@ reverse cumulative sum is `above`. Work is O(B·H·W·U·(D + 1)) per batch, ind
 where a multi-hot-labels matmul would cost O(B·H·W·K·U·T). Non-finite activations are counted in
 `nonfinite` and left out of that unit's distribution; label values outside `[0, K)` are counted in
 `bad_labels` and ignored. Counts are int32 (at most 2**31 - 1 pixels per tally).
+On the CPU the same counts come from numpy code that sorts each label row's values once and
+looks the levels up in them (`conditional_cpu`), about 4x faster than XLA's scatter there.
 
 Accuracy: the CDF is exact at the grid points; quantiles between grid points are linear
 interpolations, so their error is bounded by the local grid spacing.

@@ -13,17 +13,12 @@ state the jax scatter writes, bit for bit.
 
 from __future__ import annotations
 
-import os
-import threading
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdissect.stats.backend import buffer_callback
+from jaxdissect.stats.backend import buffer_callback, over_units, worth_threads
 from jaxdissect.stats.quantile_keys import KEY_NEG_INF
-
-_MIN_VALUES_PER_THREAD = 1 << 18  # below this, threads cost more than they save
 
 
 def _above(block: np.ndarray, queries: np.ndarray, floor: np.ndarray) -> tuple[np.ndarray,
@@ -70,25 +65,8 @@ def _callback(ctx, outs, above, count, pixels, keys, rows, edge_keys):
   num_concepts = above.shape[0]
   groups = _groups(rows, num_concepts)
   pixels += np.array([len(g) for g in groups], np.int32)
-  parts = min(os.cpu_count() or 1, 8, max(1, keys.size // _MIN_VALUES_PER_THREAD), keys.shape[0])
-  bounds = np.linspace(0, keys.shape[0], parts + 1).astype(int)
-  errors = []
-
-  def run(part: slice) -> None:
-    try:
-      _count(above, count, keys, groups, edge_keys, part)
-    except BaseException as e:  # pylint: disable=broad-exception-caught
-      errors.append(e)
-
-  threads = [threading.Thread(target=run, args=(slice(bounds[i], bounds[i + 1]),), name="iqr")
-             for i in range(1, parts)]
-  for thread in threads:
-    thread.start()
-  run(slice(bounds[0], bounds[1]))
-  for thread in threads:
-    thread.join()
-  if errors:
-    raise errors[0]
+  over_units(lambda part: _count(above, count, keys, groups, edge_keys, part), keys.shape[0],
+             worth_threads(keys.size))
 
 
 def host_count(above, count, pixels, keys, rows, edge_keys):

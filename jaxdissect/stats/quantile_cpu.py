@@ -11,17 +11,14 @@ exactly the entries the jnp kernels (`quantile_jnp`) write, so both give bit-ide
 
 from __future__ import annotations
 
-import os
-import threading
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdissect.stats.backend import buffer_callback, over_units
 from jaxdissect.stats.quantile_keys import EMPTY, KEY_NEG_INF, KEY_POS_INF, LOWEST
-
-from jaxdissect.stats.backend import buffer_callback
 
 _CHUNK = 64  # units per piece of numpy work (fewer, larger numpy calls: the GIL is shared)
 _TILE = 4096  # rows per transposing copy (one call per piece at the default block size)
@@ -29,34 +26,8 @@ _QUAD = np.dtype((np.void, 16))  # four float32 moved as one opaque 16-byte elem
 
 
 def _in_parallel(fn: Callable[[slice], None], num_units: int) -> None:
-  """Runs `fn` on slices of the units, one per CPU core (numpy releases the GIL in its loops).
-
-  The caller's thread takes the first slice and a plain thread each of the others; they live
-  only for the call (starting one costs microseconds against milliseconds of sorting), so the
-  module holds no pool between calls. An exception in any slice is raised here.
-  """
-  cores = min(os.cpu_count() or 1, 8)
-  if cores == 1 or num_units < 64:
-    fn(slice(0, num_units))
-    return
-  step = -(-num_units // cores // _CHUNK) * _CHUNK  # whole chunks keep pieces aligned
-  chunks = [slice(lo, min(lo + step, num_units)) for lo in range(0, num_units, step)]
-  errors = []
-
-  def run(chunk: slice) -> None:
-    try:
-      fn(chunk)
-    except BaseException as e:  # pylint: disable=broad-exception-caught
-      errors.append(e)
-
-  threads = [threading.Thread(target=run, args=(c,), name="sketch") for c in chunks[1:]]
-  for thread in threads:
-    thread.start()
-  run(chunks[0])
-  for thread in threads:
-    thread.join()
-  if errors:
-    raise errors[0]
+  """Runs `fn` on slices of whole `_CHUNK`s of units, one per CPU core (`over_units`)."""
+  over_units(fn, num_units, parallel=num_units >= 64, align=_CHUNK)
 
 
 def _lead(out: np.ndarray, *args) -> tuple[tuple[int, ...], list[np.ndarray]]:

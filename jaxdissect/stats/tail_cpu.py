@@ -13,17 +13,12 @@ the state `tail._device_count` writes, bit for bit.
 
 from __future__ import annotations
 
-import os
-import threading
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdissect.stats.backend import buffer_callback
+from jaxdissect.stats.backend import buffer_callback, over_units, worth_threads
 from jaxdissect.stats.tail_bins import cells_above
-
-_MIN_VALUES_PER_THREAD = 1 << 18  # below this, threads cost more than they save
 
 
 def _count(hist: np.ndarray, values: np.ndarray, rows: np.ndarray, knots: np.ndarray,
@@ -61,26 +56,8 @@ def _callback(ctx, outs, hist, pixels, values, rows, knots, widths):
   counts = np.bincount(rows.reshape(-1), minlength=num_concepts + 1)
   pixels += counts[:num_concepts].astype(np.int32)
   pixels[0] += rows.shape[0]
-  parts = min(os.cpu_count() or 1, 8, max(1, values.size // _MIN_VALUES_PER_THREAD),
-              values.shape[0])
-  bounds = np.linspace(0, values.shape[0], parts + 1).astype(int)
-  errors = []
-
-  def run(part: slice) -> None:
-    try:
-      _count(hist, values, rows, knots, widths, part)
-    except BaseException as e:  # pylint: disable=broad-exception-caught
-      errors.append(e)
-
-  threads = [threading.Thread(target=run, args=(slice(bounds[i], bounds[i + 1]),), name="tail")
-             for i in range(1, parts)]
-  for thread in threads:
-    thread.start()
-  run(slice(bounds[0], bounds[1]))
-  for thread in threads:
-    thread.join()
-  if errors:
-    raise errors[0]
+  over_units(lambda part: _count(hist, values, rows, knots, widths, part), values.shape[0],
+             worth_threads(values.size))
 
 
 def host_count(hist, pixels, values, rows, knots, widths):
