@@ -260,16 +260,9 @@ HOST_FORWARD_BYTES = 128 << 20
 
 def _host_chunk(gen: Generator, seg: Segmenter, layers: tuple[str, ...],
                 latent_shape: tuple[int, ...], share: int) -> int:
-  """The largest divisor of `share` images per call whose forward plans at most
-  `HOST_FORWARD_BYTES` of temporaries, from the analysis of a one-image call (memory grows
-  linearly with the images per call); the whole share (0) when it all fits or is unknown."""
-  forward = steps.forward_fn(gen, seg, layers)
+  """`fit.host_chunk` of the forward with the `HOST_FORWARD_BYTES` budget."""
   one = jax.ShapeDtypeStruct((1, *latent_shape), jnp.float32)
-  stats = jax.jit(forward).lower(one).compile().memory_analysis()
-  per_image = stats.temp_size_in_bytes if stats is not None else 0
-  if per_image * share <= HOST_FORWARD_BYTES:
-    return 0
-  return next(d for d in fit.divisors(share) if d * per_image <= HOST_FORWARD_BYTES or d == 1)
+  return fit.host_chunk(steps.forward_fn(gen, seg, layers), one, share, HOST_FORWARD_BYTES)
 
 
 def init_state(run: Run, brackets: dict[str, Any], passes: int = 0) -> State:

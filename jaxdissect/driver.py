@@ -91,6 +91,8 @@ def run_prepared(prepared: dissect.Run, *, checkpoint_dir: str | None = None,
     tallied = dissect.images_tallied(state)  # the warmup's own images, when it kept them
     if tallied:
       progress("pass 1", tallied, config.n)
+    if timings is not None:
+      timings["warmup_images"] = tallied
     save(state)
   else:
     state = dissect.place_state(prepared, state)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdissect import fit, steps
 from jaxdissect.model import Generator
 from jaxdissect.images import to_uint8
 from jaxdissect.latents import Latents, pad_rows
@@ -42,9 +43,10 @@ def top_examples(gen: Generator, top_indices: Mapping[str, np.ndarray], latents:
   """Regenerates each layer's top images (`top_indices[layer]` is `[U, k]`, -1 = none) from
   the `latents` the dissection counted them over; `progress(stage, done, total)` per batch."""
   layers = tuple(top_indices)
+  generate = lambda z: gen.apply_fn(gen.params, z, capture=layers)
   wanted = np.unique(np.concatenate([np.asarray(v).ravel() for v in top_indices.values()]))
   wanted = wanted[wanted >= 0]
-  run = jax.jit(lambda z: gen.apply_fn(gen.params, z, capture=layers))
+  run = jax.jit(steps.in_chunks(generate, images_per_call(generate, gen, batch_size)))
   pool = None
   maps: dict[str, np.ndarray] = {}
   for start in range(0, len(wanted), batch_size):
@@ -75,6 +77,23 @@ def top_examples(gen: Generator, top_indices: Mapping[str, np.ndarray], latents:
     layer_maps = maps.get(layer, np.zeros((*idx.shape, 1, 1), np.float32))
     out[layer] = UnitExamples(pool, slots, layer_maps)
   return out
+
+
+# Bytes of XLA temporaries one generator call may plan for on a CPU (see `dissect`): ProgGAN-256
+# at 100 images per call made a report's strips peak at 7.8 GB.
+HOST_GENERATE_BYTES = 128 << 20
+
+
+def images_per_call(generate: Callable, gen: Generator, batch: int) -> int:
+  """Images per generator call: all of `batch` where it fits, else the largest divisor that
+  fits the device's memory (`fit`), or on a CPU `HOST_GENERATE_BYTES` of temporaries."""
+  one = jax.ShapeDtypeStruct((1, *gen.latent_shape), jnp.float32)
+  budget = fit.device_budget(jax.local_devices()[:1])
+  if budget is None:
+    return fit.host_chunk(generate, one, batch, HOST_GENERATE_BYTES)
+  whole = jax.ShapeDtypeStruct((batch, *gen.latent_shape), jnp.float32)
+  return fit.largest_chunk(lambda c: steps.in_chunks(generate, c), [whole], fit.divisors(batch),
+                           budget).chunk
 
 
 def example_count(top_indices: Sequence[int] | np.ndarray) -> int:

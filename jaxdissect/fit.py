@@ -104,3 +104,15 @@ def largest_chunk(build: Callable[[int], Callable], args: Sequence, chunks: Sequ
                      f"even {chunks[-1]} image(s) per call do not fit (images per call: program "
                      f"size {sizes}); give a larger budget or a smaller model")
   return Fit(chunks[hi], tried[chunks[hi]], budget, tried)
+
+
+def host_chunk(fn: Callable, one: jax.ShapeDtypeStruct, share: int, budget: int) -> int:
+  """Images per call of `fn` for a device without a memory limit (a CPU): the largest divisor
+  of `share` whose call plans at most `budget` bytes of temporaries, from XLA's analysis of a
+  one-image call (`one`; temporaries grow linearly with the images per call); 0 (the whole
+  share) when it all fits or the backend reports no analysis."""
+  stats = jax.jit(fn).lower(one).compile().memory_analysis()
+  per_image = stats.temp_size_in_bytes if stats is not None else 0
+  if per_image * share <= budget:
+    return 0
+  return next(d for d in divisors(share) if d * per_image <= budget or d == 1)

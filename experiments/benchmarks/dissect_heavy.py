@@ -59,10 +59,14 @@ def bench_heavy(repeats: int, n: int, batch: int, segmenter: str, precision: str
          "segmenter": segmenter, "precision": precision,
          "compile_s": compile_s, **dissect_pass.summary(samples, bare),
          **dissect_pass.stage_costs(gen, seg, run, repeats)}
-  # At n images the warmup (a fixed `warmup` images) is amortised over more tallied images.
+  # The pass tallies the images the warmup did not (it tallies its own when it keeps them);
+  # at n images the warmup and finish (fixed) are amortised over more tallied images.
   big = 10000
-  per_image = [(s["tally_s"] / config.n, s["warmup_s"] + s["finish_s"]) for s in samples]
+  per_image = [(s["tally_s"] / (config.n - s.get("warmup_images", 0)),
+                s["warmup_s"] + s["finish_s"], s.get("warmup_images", 0)) for s in samples]
+  out["pass_ratio_per_image"] = median([p / (b / config.n) for (p, _, _), b in
+                                        zip(per_image, bare)])
   out["projected_n"] = big
-  out["projected_ratio"] = median([(p * big + fixed) / (b / config.n * big)
-                                   for (p, fixed), b in zip(per_image, bare)])
+  out["projected_ratio"] = median([(p * (big - w) + fixed) / (b / config.n * big)
+                                   for (p, fixed, w), b in zip(per_image, bare)])
   return out

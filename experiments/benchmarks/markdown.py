@@ -69,12 +69,13 @@ def dissect_markdown(r: dict) -> str:
               f"({heavy['precision']} precision), n={heavy['n']}, "
               f"batch {heavy['batch']}, warmup {heavy['warmup']} images.", "",
               "| bare gen+seg (s) | one-pass, compile excluded (s) | x bare | passes "
-              f"| tally passes (s) | x bare | each pass x bare "
-              f"| projected x bare at n={heavy['projected_n']} |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|",
+              "| warmup (s) | images the warmup tallied | tally pass (s) "
+              f"| tally pass per image x bare | projected x bare at n={heavy['projected_n']} |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
               f"| {heavy['bare_s']:.1f} | {heavy['total_s']:.1f} | {heavy['total_ratio']:.2f} | "
-              f"{heavy['passes']:.0f} | {heavy['tally_s']:.1f} | {heavy['tally_ratio']:.2f} | "
-              f"{heavy['tally_ratio'] / heavy['passes']:.2f} | "
+              f"{heavy['passes']:.0f} | {heavy['warmup_s']:.1f} "
+              f"| {heavy.get('warmup_images', 0):.0f} | {heavy['tally_s']:.1f} | "
+              f"{heavy.get('pass_ratio_per_image', float('nan')):.2f} | "
               f"{heavy['projected_ratio']:.2f} |", ""]
   rows = [(f"scene {name.replace('_iqr', ' (IQR)')}", r["light"][name], r["light"]["n"])
           for name in ("layer4", "all", "layer4_iqr", "all_iqr") if name in r.get("light", {})]
