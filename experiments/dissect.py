@@ -131,8 +131,9 @@ def _log_chunk(run: dissect.Run) -> None:
   if run.config.forward_chunk != dissect.AUTO_CHUNK:
     logging.info("forward chunk: %d of each device's %d images per model call", chunk, share)
   elif run.fitted is None:
-    logging.info("forward chunk: auto, no device memory limit known: the whole share, %d images "
-                 "per model call", share)
+    logging.info("forward chunk: auto, no device memory limit known: %d of each device's %d "
+                 "images per model call (a call may plan %d MiB of temporaries)", chunk, share,
+                 dissect.HOST_FORWARD_BYTES >> 20)
   else:
     gib = lambda b: "unknown" if b is None else "too large" if b < 0 else f"{b / 2**30:.2f} GiB"
     tried = ", ".join(f"{c}: {gib(b)}" for c, b in run.fitted.tried.items())
