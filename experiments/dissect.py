@@ -27,7 +27,7 @@ import jax
 from experiments import cli, device_flags, model_flags, models as model_specs
 from experiments.cli import UsageError
 from experiments.progress import progress_hook
-from jaxdissect import checkpoint, dissect, driver, latents, thresholds
+from jaxdissect import checkpoint, dissect, driver, fit, latents, thresholds
 
 _LAYERS = flags.DEFINE_list("layers", None, "Layers to dissect (default: all but the output).")
 _N = flags.DEFINE_integer("n", 1000, "Number of images.")
@@ -133,7 +133,7 @@ def _log_chunk(run: dissect.Run) -> None:
   elif run.fitted is None:
     logging.info("forward chunk: auto, no device memory limit known: %d of each device's %d "
                  "images per model call (a call may plan %d MiB of temporaries)", chunk, share,
-                 dissect.HOST_FORWARD_BYTES >> 20)
+                 fit.HOST_CALL_BYTES >> 20)
   else:
     gib = lambda b: "unknown" if b is None else "too large" if b < 0 else f"{b / 2**30:.2f} GiB"
     tried = ", ".join(f"{c}: {gib(b)}" for c, b in run.fitted.tried.items())

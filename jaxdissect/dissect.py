@@ -43,7 +43,7 @@ class Config(NamedTuple):
   sample `seed`. `forward_chunk`: images per generator and segmenter call (0: a device's whole
   share of a batch; -1, `AUTO_CHUNK`, the default: the largest divisor of that share whose step
   fits the device's memory by XLA's analysis, see `jaxdissect.fit`; on devices without a memory
-  limit, as CPUs, whose forward plans at most `HOST_FORWARD_BYTES`); convolutions may round
+  limit, as CPUs, whose forward plans at most `fit.HOST_CALL_BYTES`); convolutions may round
   differently for different batch shapes (XLA's CPU ones do), so runs on different device counts
   are bit-identical when it divides every device's share. `memory_budget`: bytes per device the
   automatic chunk must fit (None: a share of the device's limit, `fit.SAFETY`); only with
@@ -252,17 +252,11 @@ def _fit_chunk(run: Run, gen: Generator, seg: Segmenter, tally: Callable) -> Run
   return run._replace(forward_chunk=fitted.chunk, fitted=fitted)
 
 
-# Bytes of XLA temporaries one model call may plan for on a device without a memory limit (a
-# CPU): convolution scratch outside the analysis comes on top, so the process grows 3-4x that
-# (ProgGAN-256 at 100 images per call plans 1.7 GB and peaks at 7.4 GB RSS; at 5, 1.7 GB RSS).
-HOST_FORWARD_BYTES = 128 << 20
-
-
 def _host_chunk(gen: Generator, seg: Segmenter, layers: tuple[str, ...],
                 latent_shape: tuple[int, ...], share: int) -> int:
-  """`fit.host_chunk` of the forward with the `HOST_FORWARD_BYTES` budget."""
+  """`fit.host_chunk` of the forward (generator and segmenter)."""
   one = jax.ShapeDtypeStruct((1, *latent_shape), jnp.float32)
-  return fit.host_chunk(steps.forward_fn(gen, seg, layers), one, share, HOST_FORWARD_BYTES)
+  return fit.host_chunk(steps.forward_fn(gen, seg, layers), one, share)
 
 
 def init_state(run: Run, brackets: dict[str, Any], passes: int = 0) -> State:

@@ -68,29 +68,24 @@ def top_examples(gen: Generator, top_indices: Mapping[str, np.ndarray], latents:
       maps[layer][u, r] = a[pos[u, r], :, :, u]
     if progress is not None:
       progress("top images", start + len(chunk), len(wanted))
+  if pool is None:  # no unit has an image: an empty pool keeps the shapes
+    pool = np.zeros((0, 1, 1, 3), np.uint8)
   out = {}
   for layer in layers:
     idx = np.asarray(top_indices[layer])
-    if pool is None:  # no unit has an image: one blank row keeps the shapes
-      pool = np.zeros((0, 1, 1, 3), np.uint8)
     slots = np.where(idx >= 0, np.searchsorted(wanted, idx), -1)
     layer_maps = maps.get(layer, np.zeros((*idx.shape, 1, 1), np.float32))
     out[layer] = UnitExamples(pool, slots, layer_maps)
   return out
 
 
-# Bytes of XLA temporaries one generator call may plan for on a CPU (see `dissect`): ProgGAN-256
-# at 100 images per call made a report's strips peak at 7.8 GB.
-HOST_GENERATE_BYTES = 128 << 20
-
-
 def images_per_call(generate: Callable, gen: Generator, batch: int) -> int:
   """Images per generator call: all of `batch` where it fits, else the largest divisor that
-  fits the device's memory (`fit`), or on a CPU `HOST_GENERATE_BYTES` of temporaries."""
+  fits the device's memory (`fit`), or on a CPU `fit.HOST_CALL_BYTES` of temporaries."""
   one = jax.ShapeDtypeStruct((1, *gen.latent_shape), jnp.float32)
   budget = fit.device_budget(jax.local_devices()[:1])
   if budget is None:
-    return fit.host_chunk(generate, one, batch, HOST_GENERATE_BYTES)
+    return fit.host_chunk(generate, one, batch)
   whole = jax.ShapeDtypeStruct((batch, *gen.latent_shape), jnp.float32)
   return fit.largest_chunk(lambda c: steps.in_chunks(generate, c), [whole], fit.divisors(batch),
                            budget).chunk

@@ -80,9 +80,9 @@ def test_on_a_cpu_the_chunk_bounds_the_forwards_planned_temporaries(planted_worl
   forward = steps.forward_fn(gen, seg, config.layers)
   per_image = jax.jit(forward).lower(one).compile().memory_analysis().temp_size_in_bytes
   assert per_image > 0
-  monkeypatch.setattr(dissect, "HOST_FORWARD_BYTES", 3 * per_image)
+  monkeypatch.setattr(fit, "HOST_CALL_BYTES", 3 * per_image)
   assert dissect.prepare(gen, seg, config).forward_chunk == 2  # largest divisor of 10 <= 3
-  monkeypatch.setattr(dissect, "HOST_FORWARD_BYTES", 1)
+  monkeypatch.setattr(fit, "HOST_CALL_BYTES", 1)
   assert dissect.prepare(gen, seg, config).forward_chunk == 1
 
 

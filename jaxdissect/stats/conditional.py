@@ -146,8 +146,12 @@ def _device_count(above, count, pixels, acts, rows, edges):
   bins = jax.vmap(jnp.searchsorted, in_axes=(0, 1), out_axes=1)(edges, acts).astype(jnp.int32)
   hist = _histogram(bins, jnp.isfinite(acts), rows_with_all(rows), num_concepts, num_levels)
   tail = jnp.cumsum(hist[..., ::-1], axis=-1)[..., ::-1]  # tail[..., t] = sum_{b >= t}
-  pixels = pixels.at[rows.ravel()].add(1, mode="drop").at[0].add(rows.shape[0])
-  return above + tail[..., 1:], count + tail[..., 0], pixels
+  return above + tail[..., 1:], count + tail[..., 0], add_row_pixels(pixels, rows)
+
+
+def add_row_pixels(pixels: jax.Array, rows: jax.Array) -> jax.Array:
+  """`pixels [K]` plus the pixels of each label row in `rows [P, D]` (K: none; row 0: all)."""
+  return pixels.at[rows.ravel()].add(1, mode="drop").at[0].add(rows.shape[0])
 
 
 def rows_with_all(rows: jax.Array) -> jax.Array:

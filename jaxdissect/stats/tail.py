@@ -41,7 +41,7 @@ import numpy as np
 from jaxdissect.errors import check_shape
 from jaxdissect.stats import tail_cpu
 from jaxdissect.stats.base import Stat
-from jaxdissect.stats.conditional import _label_rows
+from jaxdissect.stats.conditional import _label_rows, add_row_pixels
 from jaxdissect.stats.iou import check_labels, count_bad_labels
 from jaxdissect.stats.backend import numpy_on_cpu
 from jaxdissect.stats.tail_bins import (bin_edges, cells_above, check_knots, narrowest,
@@ -145,8 +145,7 @@ def _device_count(hist, pixels, values, rows, knots, widths):
     index = jnp.where((row < num_concepts) & (cells > 1), row * (num_units * num_cells) + cell,
                       size)
     flat = flat.at[index.ravel()].add(1, mode="drop")
-  pixels = pixels.at[rows.ravel()].add(1, mode="drop").at[0].add(rows.shape[0])
-  return flat.reshape(hist.shape), pixels
+  return flat.reshape(hist.shape), add_row_pixels(pixels, rows)
 
 
 def merge_tail(a: TailState, b: TailState) -> TailState:
