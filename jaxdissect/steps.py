@@ -21,6 +21,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxdissect import sharding
 from jaxdissect.model import Generator, Segmenter
+from jaxdissect.stats import upsampled_kernels
 from jaxdissect.stats.topk import topk as topk_stat
 from jaxdissect.upsample import upsample
 from jaxdissect.latents import pad_rows
@@ -68,7 +69,10 @@ def tally_fn(rule: Any, units: Mapping[str, int], seg_size: tuple[int, int], num
 
   def tally_layer(stat, layer, acts, labels):
     batch = labels.shape[0]
-    size = math.gcd(batch, max(1, min(tally_chunk, chunk_bytes // per_image[layer])))
+    if jax.default_backend() == "cpu" and upsampled_kernels.fuses(acts.shape, seg_size):
+      size = batch  # the counting loops read the raw map: no upsampled chunk to keep in cache
+    else:
+      size = math.gcd(batch, max(1, min(tally_chunk, chunk_bytes // per_image[layer])))
     split = lambda x: x.reshape(batch // size, size, *x.shape[1:])
 
     def chunk_of(stat, chunk):

@@ -72,9 +72,8 @@ class TopQuantile(NamedTuple):
     return tail.tail_histogram(units, num_concepts, knots, self.num_bins)
 
   def update(self, num_concepts: int, units: int) -> Callable:
-    """`f(state, upsampled, labels, raw) -> state` (the tail tally also takes the raw map)."""
-    update = self.stat(num_concepts, units).update
-    return lambda state, up, labels, raw: update(state, up, labels, raw)
+    """`f(state, upsampled, labels, raw) -> state`: given the raw map, a CPU counts from it."""
+    return self.stat(num_concepts, units).update
 
   def bracket_of(self, state: tail.TailState) -> Any:
     return np.asarray(state.knots)
@@ -136,8 +135,8 @@ class IqrGrid(NamedTuple):
     return conditional.conditional_histogram(units, num_concepts, edges)
 
   def update(self, num_concepts: int, units: int) -> Callable:
-    update = self.stat(num_concepts, units).update
-    return lambda state, up, labels, raw: update(state, up, labels)
+    """`f(state, upsampled, labels, raw) -> state`: given the raw map, a CPU counts from it."""
+    return self.stat(num_concepts, units).update
 
   def bracket_of(self, state: conditional.ConditionalState) -> Any:
     return np.asarray(state.edges)

@@ -19,6 +19,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxdissect import sharding
+from jaxdissect.stats import upsampled_kernels
+from jaxdissect.stats.backend import over_units, worth_threads
 from jaxdissect.stats.topk import largest_values
 from jaxdissect.upsample import upsample
 
@@ -33,8 +35,10 @@ def host_brackets(rule: Any, layers: Mapping[str, tuple[int, int, int]],
   upsampled): a rule that needs only each unit's largest values (`rule.from_largest`) gets a
   running top-`keep`; others (IQR grids) the values at the fixed positions `rule.sample(total)`.
   """
-  up = _upsampler(tuple(seg_size))
   total = rows * seg_size[0] * seg_size[1]
+  if all(upsampled_kernels.fuses((0, h, w), seg_size) for h, w, _ in layers.values()):
+    return _fused_brackets(rule, layers, seg_size, batches, total)
+  up = _upsampler(tuple(seg_size))
   sample = None if rule.from_largest else rule.sample(total)
   kept: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
   seen = {layer: 0 for layer in layers}
@@ -58,6 +62,52 @@ def host_brackets(rule: Any, layers: Mapping[str, tuple[int, int, int]],
   for layer in layers:
     _check_finite(layer, bad[layer])
     brackets[layer] = (rule.bracket_of_largest(kept[layer][0], total) if rule.from_largest
+                       else rule.warmup_bracket(kept[layer]))
+  return brackets
+
+
+def _fused_brackets(rule: Any, layers: Mapping[str, tuple[int, int, int]],
+                    seg_size: tuple[int, int], batches: Iterable[Mapping[str, np.ndarray]],
+                    total: int) -> dict[str, Any]:
+  """`host_brackets` by compiled loops that interpolate the upsampled values as they read them
+  (`upsampled_kernels`), so no upsampled map is written: a rule `from_largest` gets each unit's
+  running top-`keep` (rows that cannot enter it skipped), others the values at `rule.sample`."""
+  pixels = seg_size[0] * seg_size[1]
+  if rule.from_largest:
+    keep = rule.keep(total)
+    kept = {layer: np.full((units, keep), -np.inf, np.float32)
+            for layer, (_, _, units) in layers.items()}
+    count = {layer: np.zeros(units, np.int64) for layer, (_, _, units) in layers.items()}
+  else:
+    sample = rule.sample(total).astype(np.int64)
+    kept = {layer: [] for layer in layers}
+  bad = {layer: np.zeros(units, bool) for layer, (_, _, units) in layers.items()}
+  seen = 0
+  for acts in batches:
+    rows = 0
+    for layer, (h, w, units) in layers.items():
+      raw = np.ascontiguousarray(np.moveaxis(np.asarray(acts[layer], np.float32), -1, 0))
+      rows = raw.shape[1]
+      bad[layer] |= ~np.all(np.isfinite(raw.reshape(units, -1)), axis=1)
+      yi0, yi1, yf, _ = upsampled_kernels.axis_table(h, seg_size[0])
+      xi0, xi1, xf, xs = upsampled_kernels.axis_table(w, seg_size[1])
+      if rule.from_largest:
+        fold = functools.partial(upsampled_kernels.largest, kept[layer], count[layer], raw, yi0,
+                                 yi1, yf, xf, xs)
+        work = raw.size * pixels // (h * w)
+      else:
+        lo, hi = np.searchsorted(sample, [seen * pixels, (seen + rows) * pixels])
+        out = np.empty((units, hi - lo), np.float32)
+        fold = functools.partial(upsampled_kernels.gather, out, raw, sample[lo:hi] - seen * pixels,
+                                 yi0, yi1, yf, xi0, xi1, xf)
+        kept[layer].append(out)
+        work = out.size
+      over_units(lambda part, fold=fold: fold(part.start, part.stop), units, worth_threads(work))
+    seen += rows
+  brackets = {}
+  for layer in layers:
+    _check_finite(layer, bad[layer])
+    brackets[layer] = (rule.bracket_of_largest(kept[layer], total) if rule.from_largest
                        else rule.warmup_bracket(kept[layer]))
   return brackets
 

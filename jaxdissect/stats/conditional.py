@@ -27,6 +27,7 @@ interpolations, so their error is bounded by the local grid spacing.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -34,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdissect.errors import check_shape
-from jaxdissect.stats import conditional_cpu
+from jaxdissect.stats import conditional_cpu, upsampled_kernels
 from jaxdissect.stats.backend import numpy_on_cpu
 from jaxdissect.stats.base import Stat
 from jaxdissect.stats.iou import check_labels, count_bad_labels, plogp
@@ -115,20 +116,34 @@ def _histogram(
 
 
 def _add_batch(state: ConditionalState, acts: jax.Array, labels: jax.Array,
-               num_concepts: int) -> ConditionalState:
-  """`state` with one batch (acts `[B, H, W, U]`, labels `[B, H, W, D]`) counted in, in place."""
+               num_concepts: int, raw: jax.Array | None = None) -> ConditionalState:
+  """`state` with one batch (acts `[B, H, W, U]`, labels `[B, H, W, D]`) counted in, in place.
+  Given `raw`, the featuremap that `acts` is `upsample(raw)` of, a CPU counts from it instead
+  (`upsampled_kernels`: the upsampled maps are never written out; XLA drops them)."""
   num_units = state.edges.shape[0]
+  size = acts.shape[1:3]
   num_pixels = acts.shape[0] * acts.shape[1] * acts.shape[2]
   acts = acts.reshape(num_pixels, num_units).astype(jnp.float32)
   labels = labels.reshape(num_pixels, -1)
-  finite = jnp.isfinite(acts)
   rows = _label_rows(labels, num_concepts)
-  above, count, pixels = numpy_on_cpu(_host_count, _device_count, state.above, state.count,
-                                      state.pixels, acts, rows, state.edges)
-  return state._replace(
-      above=above, count=count, pixels=pixels,
-      nonfinite=state.nonfinite + jnp.sum(~finite, axis=0, dtype=jnp.int32),
-      bad_labels=state.bad_labels + count_bad_labels(labels, num_concepts))
+  if raw is not None and upsampled_kernels.fuses(raw.shape, size):
+    host = functools.partial(conditional_cpu.host_count_fused, size=size)
+    above, count, pixels, nonfinite = numpy_on_cpu(
+        lambda a, c, p, n, values, raw, rows, e: host(a, c, p, n, raw, rows, e),
+        lambda a, c, p, n, values, raw, rows, e: _device_count_all(a, c, p, n, values, rows, e),
+        state.above, state.count, state.pixels, state.nonfinite, acts, raw, rows, state.edges)
+  else:
+    above, count, pixels = numpy_on_cpu(_host_count, _device_count, state.above, state.count,
+                                        state.pixels, acts, rows, state.edges)
+    nonfinite = state.nonfinite + jnp.sum(~jnp.isfinite(acts), axis=0, dtype=jnp.int32)
+  return state._replace(above=above, count=count, pixels=pixels, nonfinite=nonfinite,
+                        bad_labels=state.bad_labels + count_bad_labels(labels, num_concepts))
+
+
+def _device_count_all(above, count, pixels, nonfinite, acts, rows, edges):
+  """`_device_count` and the non-finite values of `acts [P, U]` added to `nonfinite`."""
+  return (*_device_count(above, count, pixels, acts, rows, edges),
+          nonfinite + jnp.sum(~jnp.isfinite(acts), axis=0, dtype=jnp.int32))
 
 
 def _host_count(above, count, pixels, acts, rows, edges):
@@ -200,11 +215,14 @@ def conditional_histogram(num_units: int, num_concepts: int, edges: jax.Array) -
         mismatch=zeros(),
     )
 
-  def update(state: ConditionalState, acts: jax.Array, labels: jax.Array) -> ConditionalState:
+  def update(state: ConditionalState, acts: jax.Array, labels: jax.Array,
+             raw: jax.Array | None = None) -> ConditionalState:
     acts, labels = jnp.asarray(acts), jnp.asarray(labels)
     check_shape("acts", acts.shape, (None, None, None, num_units))
     check_labels(labels, acts.shape[:3])
-    return _add_batch(state, acts, labels, num_concepts)
+    if raw is not None:
+      check_shape("raw", raw.shape, (acts.shape[0], None, None, num_units))
+    return _add_batch(state, acts, labels, num_concepts, raw)
 
   return Stat(init, update, merge_conditional, conditional_cdf)
 

@@ -32,6 +32,7 @@ convex combination, so the raw extremes bound the upsampled ones).
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -39,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdissect.errors import check_shape
-from jaxdissect.stats import tail_cpu
+from jaxdissect.stats import tail_cpu, upsampled_kernels
 from jaxdissect.stats.base import Stat
 from jaxdissect.stats.conditional import _label_rows, add_row_pixels
 from jaxdissect.stats.iou import check_labels, count_bad_labels
@@ -119,8 +120,17 @@ def _add_batch(state: TailState, acts: jax.Array, labels: jax.Array,
   labels = labels.reshape(num_pixels, -1)
   rows = _label_rows(labels, num_concepts)
   widths = jnp.diff(state.knots, axis=1) / np.float32((num_cells - 3) // (state.knots.shape[1] - 1))
-  hist, pixels = numpy_on_cpu(tail_cpu.host_count, _device_count, state.hist, state.pixels,
-                              values, rows, state.knots, widths)
+  if raw is not None and upsampled_kernels.fuses(raw.shape, acts.shape[1:3]):
+    # On a CPU the values are interpolated from `raw` as they are counted; XLA then drops the
+    # upsampling that made `acts`, which only the other backends' branch reads.
+    host = functools.partial(tail_cpu.host_count_fused, size=acts.shape[1:3])
+    hist, pixels = numpy_on_cpu(
+        lambda h, p, v, r, *rest: host(h, p, r, *rest),
+        lambda h, p, v, r, *rest: _device_count(h, p, v, *rest),
+        state.hist, state.pixels, values, raw, rows, state.knots, widths)
+  else:
+    hist, pixels = numpy_on_cpu(tail_cpu.host_count, _device_count, state.hist, state.pixels,
+                                values, rows, state.knots, widths)
   bound = values if raw is None else raw.reshape(-1, num_units).astype(jnp.float32)
   finite = jnp.isfinite(bound)
   return state._replace(
