@@ -1,21 +1,25 @@
 """Model specs: the one resolver behind every experiment script's `--model` and `--segmenter`.
 
 Scripts, tests and libraries built on jaxdissect name models with a *spec* string, and this module
-is the only place that turns a spec into a protocol `Generator` or `Segmenter`. It sits above both
-the core and the ports (it imports ports lazily, inside loaders), so the core never depends on a
-port and asking for one model never loads another's weights.
+is the only place that turns a spec into a protocol `Generator`, `Segmenter` or `Classifier`. It
+sits above both the core and the ports (it imports ports lazily, inside loaders), so the core never
+depends on a port and asking for one model never loads another's weights.
 
 A spec is one of (tried in this order):
 
   1. A registered name: generators `sceneworld` (the default: its trained weights ship inside the
      package, so a first run needs no files and no network), `planted` and `facegan` (a real 64x64
      face DCGAN whose weights come with `pip install --no-deps gan-face-generate`); segmenters
-     `sceneworld`, `planted` and `color` (weightless, for any generator's images). Libraries add
-     names with `register_generator` / `register_segmenter`.
+     `sceneworld`, `planted` and `color` (weightless, for any generator's images); classifiers
+     `sceneworld` (a small VGG of the scene world's scene classes, weights in the package).
+     Libraries add names with `register_generator` / `register_segmenter`.
   2. `KIND:ARGS`, a port's checkpoint, where KIND is registered in `KINDS` (`register_kind`):
-     `proggan:PATH.pth`, `facegan:PATH`, `semseg:ENC.pth,DEC.pth,ARCH`, `upp:FOLDER`.
+     `proggan:PATH.pth`, `facegan:PATH`, `semseg:ENC.pth,DEC.pth,ARCH`, `upp:FOLDER`; for
+     classifiers (`load_classifier`) `vgg16:PATH`, `vgg16_places365:PATH` (365 classes),
+     `resnet18:PATH`, `resnet50:PATH` (torchvision or Places365 `.pth` layouts).
   3. `package.module:factory` (any other `PREFIX:NAME` whose parts are dotted Python names): the
-     module is imported, `factory` looked up and called; it must return a Generator (Segmenter).
+     module is imported, `factory` looked up and called; it must return a Generator (Segmenter,
+     Classifier).
 
 `args` (from the repeatable `--model_arg key=value` flag, see `parse_args`) are passed as keyword
 arguments to whatever loads the spec: the factory, the kind's loader (e.g. `hardtanh=true` for
@@ -23,9 +27,9 @@ arguments to whatever loads the spec: the factory, the kind's loader (e.g. `hard
 JSON literals or plain strings. Every failure is a `SpecError`, one line naming the spec and what
 is accepted.
 
-The registries are plain module-level dicts (`GENERATORS`, `SEGMENTERS`, `DEFAULT_SEGMENTERS`,
-`KINDS`): the library's only global state, explicit so that a library can extend the flags of
-every script by registering.
+The registries are plain module-level dicts (`GENERATORS`, `SEGMENTERS`, `CLASSIFIERS`,
+`DEFAULT_SEGMENTERS`, `KINDS`): the library's only global state, explicit so that a library can
+extend the flags of every script by registering.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import os
 import re
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
+from jaxdissect.classifier import Classifier
 from jaxdissect.model import Generator, Segmenter
 
 
@@ -63,6 +68,7 @@ class Kind(NamedTuple):
   generator: Callable[..., Generator] | None = None
   segmenter: Callable[..., Segmenter] | None = None
   default_segmenter: str | None = None  # for a generator kind's images (None: "color")
+  classifier: Callable[..., Classifier] | None = None
 
 
 # --- Built-in loaders (ports and worlds imported only when asked for) ---------------------------
@@ -95,6 +101,11 @@ def _facegan_generator() -> Generator:
 def _color_segmenter() -> Segmenter:
   from jaxdissect import colorseg  # pylint: disable=g-import-not-at-top
   return colorseg.make_segmenter()
+
+
+def _sceneworld_classifier() -> Classifier:
+  from jaxdissect.sceneworld import classifier  # pylint: disable=g-import-not-at-top
+  return classifier.load_classifier()
 
 
 class _BadArgs(ValueError):
@@ -146,6 +157,31 @@ def _upp_kind(folder: str, **options: Any) -> Segmenter:
   return upp.load(full, **options)
 
 
+def _vgg16_kind(path: str, **options: Any) -> Classifier:
+  full = _file(path)
+  from ports import vgg  # pylint: disable=g-import-not-at-top
+  return vgg.load_vgg16(full, **options)
+
+
+def _vgg16_places365_kind(path: str, **options: Any) -> Classifier:
+  model = _vgg16_kind(path, **options)
+  if len(model.classes) != _PLACES365_CLASSES:
+    raise _BadArgs(f"{path!r} has {len(model.classes)} classes, not Places365's "
+                   f"{_PLACES365_CLASSES}; use vgg16:PATH for other VGG-16s")
+  return model
+
+
+def _resnet_kind(depth: int) -> Callable[..., Classifier]:
+  def load(path: str, **options: Any) -> Classifier:
+    full = _file(path)
+    from ports import resnet_classifier  # pylint: disable=g-import-not-at-top
+    return resnet_classifier.load_resnet(full, depth, **options)
+  return load
+
+
+_PLACES365_CLASSES = 365
+
+
 # --- The registries ----------------------------------------------------------------------------
 
 # Registered names: zero-argument loaders (or loaders whose keyword arguments come from `args`).
@@ -158,6 +194,9 @@ SEGMENTERS: dict[str, Callable[..., Segmenter]] = {
     "sceneworld": _sceneworld_segmenter,
     "planted": _planted_segmenter,
     "color": _color_segmenter,
+}
+CLASSIFIERS: dict[str, Callable[..., Classifier]] = {
+    "sceneworld": _sceneworld_classifier,
 }
 # The segmenter a registered generator's images are labelled with by default. A generator not
 # listed here uses the segmenter of its own name if there is one, else "color".
@@ -172,6 +211,10 @@ KINDS: dict[str, Kind] = {
     "facegan": Kind("facegan:PATH", generator=_facegan_kind, default_segmenter="color"),
     "semseg": Kind("semseg:ENC.pth,DEC.pth,ARCH", segmenter=_semseg_kind),
     "upp": Kind("upp:FOLDER", segmenter=_upp_kind),
+    "vgg16": Kind("vgg16:PATH", classifier=_vgg16_kind),
+    "vgg16_places365": Kind("vgg16_places365:PATH", classifier=_vgg16_places365_kind),
+    "resnet18": Kind("resnet18:PATH", classifier=_resnet_kind(18)),
+    "resnet50": Kind("resnet50:PATH", classifier=_resnet_kind(50)),
 }
 
 _FALLBACK_SEGMENTER = "color"
@@ -219,22 +262,34 @@ def register_segmenter(name: str, loader: Callable[..., Segmenter], *,
   SEGMENTERS[name] = loader
 
 
+def register_classifier(name: str, loader: Callable[..., Classifier], *,
+                        replace: bool = False) -> None:
+  """Makes `name` a classifier spec that loads `loader()`. Raises ValueError if `name` is taken,
+  unless `replace`."""
+  _check_new("classifier", name, _NAME, CLASSIFIERS, replace)
+  _check_loader("classifier", name, loader)
+  CLASSIFIERS[name] = loader
+
+
 def register_kind(kind: str, *, usage: str, generator: Callable[..., Generator] | None = None,
                   segmenter: Callable[..., Segmenter] | None = None,
-                  default_segmenter: str | None = None, replace: bool = False) -> None:
-  """Makes `KIND:ARGS` specs load with `generator(ARGS, **args)` / `segmenter(ARGS, **args)`.
+                  default_segmenter: str | None = None, replace: bool = False,
+                  classifier: Callable[..., Classifier] | None = None) -> None:
+  """Makes `KIND:ARGS` specs load with `generator(ARGS, **args)` / `segmenter(ARGS, **args)` /
+  `classifier(ARGS, **args)`.
 
   `usage` shows how the spec is written (e.g. "stylegan2:PATH.pkl") in help and errors. A kind
   shadows any top-level Python package of the same name in `package.module:factory` specs.
   Raises ValueError if `kind` is taken, unless `replace`, or if no loader is given.
   """
   _check_new("kind", kind, _KIND_NAME, KINDS, replace)
-  if generator is None and segmenter is None:
-    raise ValueError(f"cannot register kind {kind!r}: give a generator or a segmenter loader")
-  for loader in (generator, segmenter):
+  if generator is None and segmenter is None and classifier is None:
+    raise ValueError(f"cannot register kind {kind!r}: give a generator or a segmenter loader "
+                     "(or a classifier loader)")
+  for loader in (generator, segmenter, classifier):
     if loader is not None:
       _check_loader("kind", kind, loader)
-  KINDS[kind] = Kind(usage, generator, segmenter, default_segmenter)
+  KINDS[kind] = Kind(usage, generator, segmenter, default_segmenter, classifier)
 
 
 # --- Resolution --------------------------------------------------------------------------------
@@ -250,7 +305,14 @@ class _Role(NamedTuple):
 
 _GENERATOR = _Role("model", GENERATORS, Generator, "generator")
 _SEGMENTER = _Role("segmenter", SEGMENTERS, Segmenter, "segmenter")
-_ROLES = {"model": _GENERATOR, "generator": _GENERATOR, "segmenter": _SEGMENTER}
+_CLASSIFIER = _Role("classifier", CLASSIFIERS, Classifier, "classifier")
+_ROLES = {"model": _GENERATOR, "generator": _GENERATOR, "segmenter": _SEGMENTER,
+          "classifier": _CLASSIFIER}
+
+
+# The other roles of each role's noun, in the order messages name them.
+_OTHER_ROLES = {"model": (_SEGMENTER, _CLASSIFIER), "segmenter": (_GENERATOR, _CLASSIFIER),
+                "classifier": (_GENERATOR, _SEGMENTER)}
 
 
 def _role(role: str) -> _Role:
@@ -266,12 +328,14 @@ def _kinds(role: _Role) -> list[str]:
 
 
 def describe_specs(role: str) -> str:
-  """One line listing the specs accepted for `role` ("model" / "generator" or "segmenter")."""
+  """One line listing the specs accepted for `role` ("model" / "generator", "segmenter" or
+  "classifier")."""
   r = _role(role)
   names = ", ".join(map(repr, r.registry))
+  registered = f"a registered name ({names}), " if names else ""
   usages = ", ".join(KINDS[k].usage for k in _kinds(r))
   checkpoints = f"a checkpoint ({usages}), " if usages else ""
-  return (f"a registered name ({names}), {checkpoints}or package.module:factory "
+  return (f"{registered}{checkpoints}or package.module:factory "
           "(key=value args passed as keywords)")
 
 
@@ -395,8 +459,9 @@ def _resolve(role: _Role, spec: str, args: Mapping[str, Any] | Sequence[str] | N
     else:
       loader = getattr(kind, role.kind_field)
       if loader is None:
-        other = "segmenter" if role is _GENERATOR else "model"
-        raise _fail(role, spec, f"{prefix}: checkpoints are {other}s, not {role.noun}s")
+        others = " or ".join(f"{r.noun}s" for r in _OTHER_ROLES[role.noun]
+                             if getattr(kind, r.kind_field) is not None)
+        raise _fail(role, spec, f"{prefix}: checkpoints are {others}, not {role.noun}s")
       if not rest:
         raise _fail(role, spec, f"missing ARGS after '{prefix}:'; write {kind.usage}")
       what = f"the {prefix} loader"
@@ -416,9 +481,10 @@ def _unknown_name(role: _Role, spec: str) -> SpecError:
   if spec in KINDS and getattr(KINDS[spec], role.kind_field) is not None:
     hint = f" (a checkpoint kind: write {KINDS[spec].usage})"
   else:
-    other = _SEGMENTER if role is _GENERATOR else _GENERATOR
-    if spec in other.registry:
-      hint = f" (that is a {other.noun} name)"
+    for other in _OTHER_ROLES[role.noun]:
+      if spec in other.registry:
+        hint = f" (that is a {other.noun} name)"
+        break
   return SpecError(_one_line(f"unknown {role.noun} {spec!r}{hint}; valid {role.noun}s: "
                              f"{describe_specs(role.noun)}"))
 
@@ -467,6 +533,14 @@ def load_segmenter(spec: str = "sceneworld",
   """The segmenter `spec` names (see the module docstring); `args` as for `load_generator`.
   Raises SpecError."""
   return _resolve(_SEGMENTER, spec, args)
+
+
+def load_classifier(spec: str, args: Mapping[str, Any] | Sequence[str] | None = None
+                    ) -> Classifier:
+  """The classifier `spec` names (e.g. `vgg16_places365:PATH`, with `args` such as
+  `classes=categories_places365.txt` or `image_size=224`); `args` as for `load_generator`.
+  Raises SpecError."""
+  return _resolve(_CLASSIFIER, spec, args)
 
 
 def default_segmenter(model_spec: str) -> str:

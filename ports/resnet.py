@@ -8,7 +8,8 @@ into stride-1 layers with dilated 3x3 convolutions so the output stride is 8 (or
 
 Submodules are named after the PyTorch state-dict keys (`layer3.0.downsample.1`), so a checkpoint
 key is its parameter path joined with dots; `ports.semseg` relies on that to convert weights.
-`conv`, `FrozenBatchNorm` and `conv_bn` are also used by `ports.mobilenet` and `ports.semseg`.
+`conv`, `FrozenBatchNorm` and `conv_bn` are also used by `ports.mobilenet` and `ports.semseg`;
+the blocks and `stage` by `ports.resnet_classifier` (torchvision's ResNets share them).
 Layout is NHWC; BatchNorm always uses the checkpoint's running statistics (inference only).
 """
 
@@ -149,24 +150,29 @@ class ResNet(nn.Module):
     x = conv_bn(x, 64, 3, "conv2", "bn2")
     x = conv_bn(x, 128, 3, "conv3", "bn3")
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    maps, in_ch = [], 128
+    maps = []
     dilations = _STAGE_DILATIONS[self.dilate_scale]
-    for i, (planes, blocks, dilation) in enumerate(zip(_PLANES, self.layers, dilations)):
-      x = self._stage(x, i + 1, in_ch, planes, blocks, dilation)
-      in_ch = planes * _EXPANSION[self.block]
+    for i, (blocks, dilation) in enumerate(zip(self.layers, dilations)):
+      x = stage(x, self.block, i + 1, blocks, dilation)
       maps.append(x)
     return maps
 
-  def _stage(self, x: jax.Array, index: int, in_ch: int, planes: int, blocks: int,
-             dilation: int) -> jax.Array:
-    """`layer{index}`: the first block takes the stride (2 except layer1) and the projection."""
-    stride = 1 if index == 1 else 2
-    block = _BLOCKS[self.block]
-    project = stride != 1 or in_ch != planes * _EXPANSION[self.block]
-    x = block(planes, stride, dilation, project, name=f"layer{index}.0")(x)
-    for b in range(1, blocks):
-      x = block(planes, 1, dilation, name=f"layer{index}.{b}")(x)
-    return x
+
+def stage(x: jax.Array, block: str, index: int, blocks: int, dilation: int = 1) -> jax.Array:
+  """`layer{index}` (1-4) of `blocks` blocks of kind `block` ("basic" or "bottleneck").
+
+  The first block takes the stride (2 except layer1) and, when the shape changes, the projected
+  shortcut. torchvision's ResNets have the same stages; call it only inside a compact method
+  (the blocks belong to the calling module).
+  """
+  check_choice("block", block, _BLOCKS)
+  planes, stride = _PLANES[index - 1], 1 if index == 1 else 2
+  make = _BLOCKS[block]
+  project = stride != 1 or x.shape[-1] != planes * _EXPANSION[block]
+  x = make(planes, stride, dilation, project, name=f"layer{index}.0")(x)
+  for b in range(1, blocks):
+    x = make(planes, 1, dilation, name=f"layer{index}.{b}")(x)
+  return x
 
 
 def resnet(depth: int, *, dilate_scale: int | None = None) -> ResNet:

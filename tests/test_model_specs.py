@@ -75,8 +75,9 @@ def test_describe_specs_lists_names_kinds_and_imports():
   assert "facegan:PATH" in model and "package.module:factory" in model and "upp:" not in model
   assert "'color'" in seg and "semseg:ENC.pth,DEC.pth,ARCH" in seg and "upp:FOLDER" in seg
   assert "proggan:" not in seg
-  with pytest.raises(ValueError, match="unknown spec role 'classifier'"):
-    zoo.describe_specs("classifier")
+  assert "vgg16:PATH" not in model + seg and "vgg16:PATH" in zoo.describe_specs("classifier")
+  with pytest.raises(ValueError, match="unknown spec role 'discriminator'"):
+    zoo.describe_specs("discriminator")
 
 
 def test_zoo_imports_no_port_until_asked(importable_tests):
