@@ -86,9 +86,9 @@ def _fused_brackets(rule: Any, layers: Mapping[str, tuple[int, int, int]],
   for acts in batches:
     rows = 0
     for layer, (h, w, units) in layers.items():
-      raw = np.ascontiguousarray(np.moveaxis(np.asarray(acts[layer], np.float32), -1, 0))
-      rows = raw.shape[1]
-      bad[layer] |= ~np.all(np.isfinite(raw.reshape(units, -1)), axis=1)
+      raw = np.ascontiguousarray(acts[layer], np.float32)
+      rows = raw.shape[0]
+      bad[layer] |= ~np.all(np.isfinite(raw.reshape(-1, units)), axis=0)
       yi0, yi1, yf, _ = upsampled_kernels.axis_table(h, seg_size[0])
       xi0, xi1, xf, xs = upsampled_kernels.axis_table(w, seg_size[1])
       if rule.from_largest:

@@ -63,11 +63,18 @@ def test_fused_count_equals_counting_the_written_out_upsampled_values(segments):
   fused = np.zeros_like(dense)
   yi0, yi1, yf, _ = upsampled_kernels.axis_table(raw.shape[1], size[0])
   _, _, xf, xs = upsampled_kernels.axis_table(raw.shape[2], size[1])
-  um = np.ascontiguousarray(np.moveaxis(raw, -1, 0))
-  for part in (slice(0, 2), slice(2, raw.shape[-1])):  # disjoint units, as threads take them
-    upsampled_kernels.count_tail(fused, um, rows, knots, widths, yi0, yi1, yf, xf, xs,
-                                 part.start, part.stop)
+  units = raw.shape[-1]
+  least, most = np.full(units, np.inf, np.float32), np.full(units, -np.inf, np.float32)
+  bad = np.zeros(units, np.int32)
+  for part in (slice(0, 2), slice(2, units)):  # disjoint units, as threads take them
+    upsampled_kernels.count_tail(fused, least, most, bad, raw, rows, knots, widths, yi0, yi1,
+                                 yf, xf, xs, part.start, part.stop)
   np.testing.assert_array_equal(fused, dense)
+  flat = raw.reshape(-1, units)
+  finite = np.isfinite(flat)
+  np.testing.assert_array_equal(least, np.where(finite, flat, np.inf).min(0))
+  np.testing.assert_array_equal(most, np.where(finite, flat, -np.inf).max(0))
+  np.testing.assert_array_equal(bad, (~finite).sum(0))
   assert fused[0, 3, 1] == values.shape[1]  # the constant unit: every value is lo
   assert fused.sum() > 0
 
@@ -79,7 +86,12 @@ def _tally(raw, labels, knots, bins, fused_path):
 
   @jax.jit
   def update(state, a, l, r):
-    return stat.update(state, a, l, r if fused_path else None)
+    if fused_path:
+      return stat.update(state, a, l, r)
+    # The same raw bounds, the counts from the upsampled values written out.
+    return stat.update(state, a, l, None)._replace(
+        **dict(zip(("minimum", "maximum", "nonfinite"),
+                   tail._bounds(state.minimum, state.maximum, state.nonfinite, r, r.shape[-1]))))
 
   state = stat.init()
   for i in range(0, len(raw), 2):
@@ -94,9 +106,8 @@ def test_the_tally_given_the_raw_map_counts_what_it_counts_without():
   fused = _tally(raw, labels, knots, bins, True)
   plain = _tally(raw, labels, knots, bins, False)
   for field in tail.TailState._fields:
-    if field not in ("minimum", "maximum", "nonfinite"):  # those come from raw when given
-      np.testing.assert_array_equal(np.asarray(getattr(fused, field)),
-                                    np.asarray(getattr(plain, field)), err_msg=field)
+    np.testing.assert_array_equal(np.asarray(getattr(fused, field)),
+                                  np.asarray(getattr(plain, field)), err_msg=field)
 
 
 def test_fused_running_top_equals_a_partition_of_the_upsampled_values():
@@ -110,8 +121,7 @@ def test_fused_running_top_equals_a_partition_of_the_upsampled_values():
     kept = np.full((raw.shape[-1], keep), -np.inf, np.float32)
     count = np.zeros(raw.shape[-1], np.int64)
     for batch in np.array_split(raw, 3):  # folded batch by batch, as the warmup streams them
-      um = np.ascontiguousarray(np.moveaxis(batch, -1, 0))
-      upsampled_kernels.largest(kept, count, um, yi0, yi1, yf, xf, xs, 0, raw.shape[-1])
+      upsampled_kernels.largest(kept, count, np.ascontiguousarray(batch), yi0, yi1, yf, xf, xs, 0, raw.shape[-1])
     want = np.sort(values, axis=1)[:, ::-1][:, :keep]
     np.testing.assert_array_equal(np.sort(kept, axis=1)[:, ::-1], want)
     np.testing.assert_array_equal(count, keep)
@@ -174,7 +184,7 @@ def test_fused_sample_equals_the_upsampled_values_at_its_positions():
   yi0, yi1, yf, _ = upsampled_kernels.axis_table(raw.shape[1], size[0])
   xi0, xi1, xf, _ = upsampled_kernels.axis_table(raw.shape[2], size[1])
   out = np.empty((raw.shape[-1], len(positions)), np.float32)
-  upsampled_kernels.gather(out, np.ascontiguousarray(np.moveaxis(raw, -1, 0)), positions, yi0,
+  upsampled_kernels.gather(out, raw, positions, yi0,
                            yi1, yf, xi0, xi1, xf, 0, raw.shape[-1])
   np.testing.assert_array_equal(out, values[:, positions])
 

@@ -89,20 +89,19 @@ def _fused_callback(size, ctx, outs, above, count, pixels, nonfinite, raw, rows,
   counts = np.bincount(rows.reshape(-1), minlength=num_concepts + 1)
   pixels += counts[:num_concepts].astype(np.int32)
   pixels[0] += rows.shape[0]
-  yi0, yi1, yf, _ = upsampled_kernels.axis_table(raw.shape[2], size[0])
-  _, _, xf, xs = upsampled_kernels.axis_table(raw.shape[3], size[1])
+  yi0, yi1, yf, _ = upsampled_kernels.axis_table(raw.shape[1], size[0])
+  _, _, xf, xs = upsampled_kernels.axis_table(raw.shape[2], size[1])
   over_units(lambda part: upsampled_kernels.count_levels(
       above, count, nonfinite, raw, rows, edges, yi0, yi1, yf, xf, xs, part.start, part.stop),
-      raw.shape[0], worth_threads(rows.shape[0] * raw.shape[0]))
+      raw.shape[-1], worth_threads(rows.shape[0] * raw.shape[-1]))
 
 
 def host_count_fused(above, count, pixels, nonfinite, raw, rows, edges, *,
                      size: tuple[int, int]):
   """`host_count` of the values `upsample(raw, size)` (and their non-finite count), computed
   from `raw [B, h, w, U]` as they are counted (`upsampled_kernels`)."""
-  raw = jnp.transpose(raw.astype(jnp.float32), (3, 0, 1, 2))
   shapes = tuple(jax.ShapeDtypeStruct(x.shape, jnp.int32)
                  for x in (above, count, pixels, nonfinite))
   callback = functools.partial(_fused_callback, tuple(size))
-  return buffer_callback(callback, shapes, input_output_aliases={0: 0, 1: 1, 2: 2, 3: 3})(
-      above, count, pixels, nonfinite, raw, rows, edges)
+  return tuple(buffer_callback(callback, shapes, input_output_aliases={0: 0, 1: 1, 2: 2, 3: 3})(
+      above, count, pixels, nonfinite, raw.astype(jnp.float32), rows, edges))

@@ -121,24 +121,32 @@ def _add_batch(state: TailState, acts: jax.Array, labels: jax.Array,
   rows = _label_rows(labels, num_concepts)
   widths = jnp.diff(state.knots, axis=1) / np.float32((num_cells - 3) // (state.knots.shape[1] - 1))
   if raw is not None and upsampled_kernels.fuses(raw.shape, acts.shape[1:3]):
-    # On a CPU the values are interpolated from `raw` as they are counted; XLA then drops the
-    # upsampling that made `acts`, which only the other backends' branch reads.
+    # On a CPU the values are interpolated from `raw` as they are counted (and its bounds
+    # taken in the same loop); XLA then drops the upsampling that made `acts`.
     host = functools.partial(tail_cpu.host_count_fused, size=acts.shape[1:3])
-    hist, pixels = numpy_on_cpu(
-        lambda h, p, v, r, *rest: host(h, p, r, *rest),
-        lambda h, p, v, r, *rest: _device_count(h, p, v, *rest),
-        state.hist, state.pixels, values, raw, rows, state.knots, widths)
+    hist, pixels, minimum, maximum, nonfinite = numpy_on_cpu(
+        lambda h, p, lo, hi, n, v, r, *rest: tuple(host(h, p, lo, hi, n, r, *rest)),
+        lambda h, p, lo, hi, n, v, r, *rest: (
+            *_device_count(h, p, v, *rest), *_bounds(lo, hi, n, r, num_units)),
+        state.hist, state.pixels, state.minimum, state.maximum, state.nonfinite, values, raw,
+        rows, state.knots, widths)
   else:
     hist, pixels = numpy_on_cpu(tail_cpu.host_count, _device_count, state.hist, state.pixels,
                                 values, rows, state.knots, widths)
-  bound = values if raw is None else raw.reshape(-1, num_units).astype(jnp.float32)
-  finite = jnp.isfinite(bound)
-  return state._replace(
-      hist=hist, pixels=pixels,
-      minimum=jnp.minimum(state.minimum, jnp.min(jnp.where(finite, bound, jnp.inf), axis=0)),
-      maximum=jnp.maximum(state.maximum, jnp.max(jnp.where(finite, bound, -jnp.inf), axis=0)),
-      nonfinite=state.nonfinite + jnp.sum(~finite, axis=0, dtype=jnp.int32),
-      bad_labels=state.bad_labels + count_bad_labels(labels, num_concepts))
+    minimum, maximum, nonfinite = _bounds(state.minimum, state.maximum, state.nonfinite,
+                                          values if raw is None else raw, num_units)
+  return state._replace(hist=hist, pixels=pixels, minimum=minimum, maximum=maximum,
+                        nonfinite=nonfinite,
+                        bad_labels=state.bad_labels + count_bad_labels(labels, num_concepts))
+
+
+def _bounds(minimum, maximum, nonfinite, values, num_units):
+  """The running finite extremes and non-finite count of each unit, with `values [..., U]`."""
+  values = values.reshape(-1, num_units).astype(jnp.float32)
+  finite = jnp.isfinite(values)
+  return (jnp.minimum(minimum, jnp.min(jnp.where(finite, values, jnp.inf), axis=0)),
+          jnp.maximum(maximum, jnp.max(jnp.where(finite, values, -jnp.inf), axis=0)),
+          nonfinite + jnp.sum(~finite, axis=0, dtype=jnp.int32))
 
 
 def _device_count(hist, pixels, values, rows, knots, widths):

@@ -73,28 +73,30 @@ def host_count(hist, pixels, values, rows, knots, widths):
       hist, pixels, values, rows, knots, widths)
 
 
-def _fused_callback(size, ctx, outs, hist, pixels, raw, rows, knots, widths):
-  del ctx, hist, pixels  # aliased to `outs`
-  hist, pixels = np.asarray(outs[0]), np.asarray(outs[1])
+def _fused_callback(size, ctx, outs, hist, pixels, minimum, maximum, nonfinite, raw, rows, knots,
+                    widths):
+  del ctx, hist, pixels, minimum, maximum, nonfinite  # aliased to `outs`
+  hist, pixels, minimum, maximum, nonfinite = (np.asarray(x) for x in outs)
   raw, rows = np.asarray(raw), np.asarray(rows)
   knots, widths = np.asarray(knots), np.asarray(widths)
   num_concepts = hist.shape[0]
   counts = np.bincount(rows.reshape(-1), minlength=num_concepts + 1)
   pixels += counts[:num_concepts].astype(np.int32)
   pixels[0] += rows.shape[0]
-  yi0, yi1, yf, _ = upsampled_kernels.axis_table(raw.shape[2], size[0])
-  _, _, xf, xs = upsampled_kernels.axis_table(raw.shape[3], size[1])
+  yi0, yi1, yf, _ = upsampled_kernels.axis_table(raw.shape[1], size[0])
+  _, _, xf, xs = upsampled_kernels.axis_table(raw.shape[2], size[1])
   over_units(lambda part: upsampled_kernels.count_tail(
-      hist, raw, rows, knots, widths, yi0, yi1, yf, xf, xs, part.start, part.stop),
-      raw.shape[0], worth_threads(rows.shape[0] * raw.shape[0]))
+      hist, minimum, maximum, nonfinite, raw, rows, knots, widths, yi0, yi1, yf, xf, xs,
+      part.start, part.stop), raw.shape[-1], worth_threads(rows.shape[0] * raw.shape[-1]))
 
 
-def host_count_fused(hist, pixels, raw, rows, knots, widths, *, size: tuple[int, int]):
+def host_count_fused(hist, pixels, minimum, maximum, nonfinite, raw, rows, knots, widths, *,
+                     size: tuple[int, int]):
   """`host_count` of the values `upsample(raw, size)`, computed from `raw [B, h, w, U]` as they
-  are counted (`upsampled_kernels`): the upsampled maps are never written out."""
-  raw = jnp.transpose(raw.astype(jnp.float32), (3, 0, 1, 2))
-  shapes = (jax.ShapeDtypeStruct(hist.shape, jnp.int32),
-            jax.ShapeDtypeStruct(pixels.shape, jnp.int32))
+  are counted (`upsampled_kernels`: the upsampled maps are never written out), and the raw
+  map's finite extremes and non-finite count folded into `minimum`, `maximum`, `nonfinite`."""
+  state = (hist, pixels, minimum, maximum, nonfinite)
+  shapes = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in state)
   callback = functools.partial(_fused_callback, tuple(size))
-  return buffer_callback(callback, shapes, input_output_aliases={0: 0, 1: 1})(
-      hist, pixels, raw, rows, knots, widths)
+  return buffer_callback(callback, shapes, input_output_aliases={i: i for i in range(5)})(
+      *state, raw.astype(jnp.float32), rows, knots, widths)

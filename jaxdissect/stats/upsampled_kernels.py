@@ -11,8 +11,8 @@ value is a convex combination of them. numpy's vectorized kernels remain the fal
 is not installed; XLA's fused floats may round a value's last bit differently from these (FMA),
 so counts match theirs up to values that sit on a bin edge.
 
-Layout: `raw [U, B, h, w]` float32, units major, so a unit's loops read contiguous memory and
-threads take disjoint units.
+Layout: `raw [B, h, w, U]` float32 as XLA holds it (a unit's loops stride over units: the raw
+map of an image is small enough to stay in cache); threads take disjoint units.
 """
 
 from __future__ import annotations
@@ -55,10 +55,10 @@ def _jit(fn):
 def _source_max(raw, u, b):
   """The largest finite-or-inf value of unit u's raw map of image b (NaN ignored)."""
   most = -np.inf
-  for y in range(raw.shape[2]):
-    for x in range(raw.shape[3]):
-      if raw[u, b, y, x] > most:
-        most = raw[u, b, y, x]
+  for y in range(raw.shape[1]):
+    for x in range(raw.shape[2]):
+      if raw[b, y, x, u] > most:
+        most = raw[b, y, x, u]
   return most
 
 
@@ -68,8 +68,8 @@ def _row(raw, u, b, y0, y1, f, row):
   `upsample` computes it) and returns its largest value (NaN ignored)."""
   most = -np.inf
   for x in range(row.shape[0]):
-    a = raw[u, b, y0, x]
-    row[x] = a + (raw[u, b, y1, x] - a) * f
+    a = raw[b, y0, x, u]
+    row[x] = a + (raw[b, y1, x, u] - a) * f
     if row[x] > most:
       most = row[x]
   return most
@@ -93,10 +93,12 @@ def _cell(v, u, knots, widths, per_segment, top):
   return 1 + seg * per_segment + int(j)
 
 
-def _count_tail(hist, raw, rows, knots, widths, yi0, yi1, yf, xf, xs, u0, u1):
+def _count_tail(hist, minimum, maximum, nonfinite, raw, rows, knots, widths, yi0, yi1, yf, xf,
+                xs, u0, u1):
   """Adds each upsampled value >= its unit's lo (units `u0..u1`) to `hist [K, U, T + 3]` as
   `tail_cpu._count` does: row 0 always (cell 1 for a value equal to lo), the concept rows of
-  `rows [P, D]` (K: none) for values above lo."""
+  `rows [P, D]` (K: none) for values above lo; and folds the raw map's finite extremes and
+  non-finite count into `minimum`, `maximum`, `nonfinite [U]` (`tail.TailState`'s bounds)."""
   num_concepts = hist.shape[0]
   segments = widths.shape[1]
   per_segment = (hist.shape[2] - 3) // segments
@@ -105,12 +107,23 @@ def _count_tail(hist, raw, rows, knots, widths, yi0, yi1, yf, xf, xs, u0, u1):
     top *= 2
   if segments == 1:
     top = 0
-  height, width, w = yi0.shape[0], xf.shape[0], raw.shape[3]
+  height, width, w = yi0.shape[0], xf.shape[0], raw.shape[2]
   row = np.empty(w, np.float32)
   for u in range(u0, u1):
     lo = knots[u, 0]
-    for b in range(raw.shape[1]):
-      if not _source_max(raw, u, b) >= lo:
+    least, most, bad = minimum[u], maximum[u], 0
+    for b in range(raw.shape[0]):
+      peak = -np.inf
+      for y in range(raw.shape[1]):
+        for x in range(w):
+          a = raw[b, y, x, u]
+          if np.isfinite(a):
+            least, most = min(least, a), max(most, a)
+          else:
+            bad += 1
+          if a > peak:
+            peak = a
+      if not peak >= lo:
         continue
       for i in range(height):
         if not _row(raw, u, b, yi0[i], yi1[i], yf[i], row) >= lo:
@@ -133,6 +146,8 @@ def _count_tail(hist, raw, rows, knots, widths, yi0, yi1, yf, xf, xs, u0, u1):
               concept = rows[first + j, d]
               if concept < num_concepts:
                 hist[concept, u, cell] += 1
+    minimum[u], maximum[u] = least, most
+    nonfinite[u] += bad
 
 
 count_tail = _jit(_count_tail)
@@ -144,14 +159,14 @@ def _largest(kept, count, raw, yi0, yi1, yf, xf, xs, u0, u1):
   holds `keep` values their least is a floor that skips rows and spans that cannot enter; a
   buffer of twice `keep` is cut back to its `keep` largest whenever it fills."""
   keep = kept.shape[1]
-  height, w = yi0.shape[0], raw.shape[3]
+  height, w = yi0.shape[0], raw.shape[2]
   buffer = np.empty(2 * keep, np.float32)
   row = np.empty(w, np.float32)
   for u in range(u0, u1):
     filled = count[u]
     buffer[:filled] = kept[u, :filled]
     floor = buffer[:filled].min() if filled == keep else -np.inf
-    for b in range(raw.shape[1]):
+    for b in range(raw.shape[0]):
       if not _source_max(raw, u, b) >= floor:
         continue
       for i in range(height):
@@ -190,14 +205,14 @@ def _count_levels(above, count, nonfinite, raw, rows, edges, yi0, yi1, yf, xf, x
   A value's level (the edges strictly below it) is walked from the last one's: along a
   two-tap span the values are monotone, so a walk is a step or two."""
   num_concepts, _, num_levels = above.shape
-  height, width, w = yi0.shape[0], xf.shape[0], raw.shape[3]
+  height, width, w = yi0.shape[0], xf.shape[0], raw.shape[2]
   local = np.zeros((num_concepts, num_levels + 1), np.int64)
   row = np.empty(w, np.float32)
   for u in range(u0, u1):
     local[:] = 0
     bad = 0
     level = 0
-    for b in range(raw.shape[1]):
+    for b in range(raw.shape[0]):
       for i in range(height):
         _row(raw, u, b, yi0[i], yi1[i], yf[i], row)
         first = (b * height + i) * width
@@ -238,10 +253,10 @@ def _gather(out, raw, positions, yi0, yi1, yf, xi0, xi1, xf, u0, u1):
       p = positions[n]
       b, i, j = p // (height * width), (p // width) % height, p % width
       y0, y1, f = yi0[i], yi1[i], yf[i]
-      a = raw[u, b, y0, xi0[j]]
-      r0 = a + (raw[u, b, y1, xi0[j]] - a) * f
-      a = raw[u, b, y0, xi1[j]]
-      r1 = a + (raw[u, b, y1, xi1[j]] - a) * f
+      a = raw[b, y0, xi0[j], u]
+      r0 = a + (raw[b, y1, xi0[j], u] - a) * f
+      a = raw[b, y0, xi1[j], u]
+      r1 = a + (raw[b, y1, xi1[j], u] - a) * f
       out[u, n] = r0 + (r1 - r0) * xf[j]
 
 
