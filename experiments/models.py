@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 from experiments.cli import UsageError
 from jaxdissect import precision, zoo
+from jaxdissect.classifier import Classifier
 from jaxdissect.model import Generator, Segmenter
 
 
@@ -39,6 +40,33 @@ def load_models(model: str, segmenter: str | None, model_args: Any = None,
     raise UsageError(str(e)) from None
   return Models(precision.generator_in(gen, dtype), precision.segmenter_in(seg, dtype), model,
                 segmenter, model_args, segmenter_args, dtype)
+
+
+class ClassifierModels(NamedTuple):
+  """A loaded classifier and segmenter (None: the images' exact labels) and their specs."""
+
+  classifier: Classifier
+  segmenter: Segmenter | None
+  model: str
+  segmenter_spec: str | None
+  model_args: dict[str, Any]
+  segmenter_args: dict[str, Any]
+  dtype: str
+
+
+def load_classifier_models(model: str, segmenter: str | None, model_args: Any = None,
+                           segmenter_args: Any = None, dtype: str = "float32"
+                           ) -> ClassifierModels:
+  """Resolves a classifier spec and an optional segmenter spec (as `load_models`) in `dtype`."""
+  try:
+    model_args, segmenter_args = zoo.keyword_args(model_args), zoo.keyword_args(segmenter_args)
+    classifier = zoo.load_classifier(model, model_args)
+    seg = None if segmenter is None else zoo.load_segmenter(segmenter, segmenter_args)
+  except zoo.SpecError as e:
+    raise UsageError(str(e)) from None
+  seg = None if seg is None else precision.segmenter_in(seg, dtype)
+  return ClassifierModels(precision.classifier_in(classifier, dtype), seg, model, segmenter,
+                          model_args, segmenter_args, dtype)
 
 
 def of_dissection(dissection: Any, dtype: str = "float32") -> Models:

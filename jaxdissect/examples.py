@@ -53,7 +53,8 @@ def top_examples(gen: Generator, top_indices: Mapping[str, np.ndarray], latents:
     chunk = wanted[start:start + batch_size]
     z = pad_rows(latents.rows(chunk, gen.latent_shape), batch_size)  # one shape: no retrace
     images, acts = run(jnp.asarray(z))
-    images = np.asarray(to_uint8(images[: len(chunk)]))
+    # Channels past the colour ones are not picture (a dataset's exact labels, `imagesource`).
+    images = np.asarray(to_uint8(images[: len(chunk), ..., :3]))
     if pool is None:
       pool = np.zeros((len(wanted), *images.shape[1:]), np.uint8)
     pool[start:start + len(chunk)] = images

@@ -5,6 +5,10 @@ regenerates each unit's top images by index). A seeded sample does that by the o
 prefix-stable draw (`zsample`); given latents (an array, or an `.npy` file another tool wrote)
 do it by indexing, which lets two tools be compared on exactly the same images. Either way the
 source describes itself (`record`) so results say which images they were counted over.
+
+The array need not be in memory: anything with `len`, `shape` and numpy-style indexing by slices
+and integer arrays will do (a folder of images read on demand, `jaxdissect.imagefolder`); if it
+has a `record()` method, that describes it instead of a digest of every value.
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ class LatentsError(ValueError):
 class Latents(NamedTuple):
   """A source of latents: `array` rows when given, else the seeded sample `seed`.
 
-  `origin` names where an array came from (a file path, or "array") for the record.
+  `origin` names where an array came from (a file path, or "array") for the record. `array` is
+  a numpy array or a lazy one (see the module docstring).
   """
 
   seed: int = 1
-  array: np.ndarray | None = None
+  array: np.ndarray | Any | None = None
   origin: str = ""
 
   @property
@@ -79,6 +84,8 @@ class Latents(NamedTuple):
     """What `dissect.json` says about the images: the seed, or the array's origin and digest."""
     if self.array is None:
       return {"source": "seed", "seed": int(self.seed)}
+    if callable(getattr(self.array, "record", None)):  # a lazy array describes itself
+      return {"source": "array", "origin": self.origin, **self.array.record()}
     digest = hashlib.sha256(np.ascontiguousarray(self.array, np.float32).tobytes()).hexdigest()
     return {"source": "array", "origin": self.origin, "count": int(len(self.array)),
             "shape": [int(s) for s in self.array.shape[1:]], "sha256": digest}

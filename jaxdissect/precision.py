@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxdissect.classifier import Classifier
 from jaxdissect.errors import check_choice
 from jaxdissect.model import Generator, Segmenter
 
@@ -47,6 +48,12 @@ def generator_in(gen: Generator, dtype: str) -> Generator:
     return image.astype(jnp.float32), {k: v.astype(jnp.float32) for k, v in acts.items()}
 
   return gen._replace(apply_fn=apply_fn, params=cast_floats(gen.params, low))
+
+
+def classifier_in(classifier: Classifier, dtype: str) -> Classifier:
+  """`classifier` computing in `dtype`; logits and activations come back as float32. (Cast it
+  before `imagesource.as_generator`, so a dataset's label channels stay exact float32.)"""
+  return generator_in(classifier, dtype)  # the same protocol: apply_fn and params
 
 
 def segmenter_in(seg: Segmenter, dtype: str) -> Segmenter:
