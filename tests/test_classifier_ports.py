@@ -434,7 +434,7 @@ def test_classifier_specs(tmp_path, narrow_vgg):
   with pytest.raises(zoo.SpecError, match="upp: checkpoints are segmenters, not classifiers"):
     zoo.load_classifier("upp:/x")
   spec = zoo.describe_specs("classifier")
-  assert spec.startswith("a checkpoint (") and "vgg16_places365:PATH" in spec
+  assert "a checkpoint (" in spec and "'sceneworld'" in spec and "vgg16_places365:PATH" in spec
   assert "resnet50:PATH" in spec and "vgg16" not in zoo.describe_specs("model")
 
 

@@ -98,10 +98,11 @@ def grass(d: Draws, g: Grid, n: int) -> Layer:
                np.tile(np.float32([0.04, 0.08, 0.02]), (n, 1)))
 
 
-def water(d: Draws, g: Grid, present: np.ndarray) -> Layer:
-  """A pond (ellipse) or a wavy river band, wholly at or below the horizon row."""
+def water(d: Draws, g: Grid, present: np.ndarray, pond: float | np.ndarray = 0.5) -> Layer:
+  """A pond (ellipse; with probability `pond`) or a wavy river band, wholly at or below the
+  horizon row."""
   n, h = len(present), g.horizon.astype(np.float32)
-  pond = d.uniform() < 0.5
+  pond = d.uniform() < pond
   rx, ry = d.uniform(8, 20) * g.scale, d.uniform(2.5, 6) * g.scale
   # Pixel centres reach up to cy - ry - 0.5: keep the top row >= horizon.
   cy = np.maximum(d.uniform(h + ry + 0.5, g.size + 0.3 * ry), h + ry + 0.5)
@@ -118,10 +119,11 @@ def water(d: Draws, g: Grid, present: np.ndarray) -> Layer:
                flat(d.colour(_WATER, 0.05)), np.tile(np.float32([0.08, 0.1, 0.1]), (n, 1)))
 
 
-def road(d: Draws, g: Grid, present: np.ndarray) -> Layer:
-  """A road running to the horizon in perspective, or a band across the ground, with markings."""
+def road(d: Draws, g: Grid, present: np.ndarray, perspective: float | np.ndarray = 0.6) -> Layer:
+  """A road running to the horizon in perspective (with probability `perspective`), or a band
+  across the ground, with markings."""
   n, h = len(present), g.horizon.astype(np.float32)
-  perspective = d.uniform() < 0.6
+  perspective = d.uniform() < perspective
   xb, wb = d.uniform(0.15, 0.85) * g.size, d.uniform(0.3, 0.65) * g.size
   xt, wt = (0.5 * xb + d.uniform(0.1, 0.4) * g.size), d.uniform(0.02, 0.07) * g.size
   t = np.clip((g.yc - col(h)) / col(g.size - h), 0, 1)

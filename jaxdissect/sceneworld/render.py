@@ -22,6 +22,10 @@ This module draws a sample: it hands out each image's uniforms, asks every drawi
 layer in a fixed order and reads the labels off the z-buffer. The vocabulary lives in `concepts`,
 the drawing machinery (z-buffer, shapes, colours) in `canvas`, the object kinds in `objects` and
 the pictures of samples in `display`; their public names are importable from here as before.
+
+A `Recipe` (how `scenes` makes scene classes) replaces the probabilities of the structural draws
+(horizon, object counts, water and road kinds) per image. The uniforms are consumed in the same
+order with or without one, and `render` never passes one, so its output does not depend on it.
 """
 
 from __future__ import annotations
@@ -42,11 +46,34 @@ from jaxdissect.sceneworld.display import colorize, label_palette, sample_grid, 
 
 __all__ = ["BUILDING_SLOTS", "CLOUD_SLOTS", "CONCEPTS", "CONCEPT_INDEX", "GRASS_SLOT", "LAYERS",
            "MAX_BUILDINGS", "MAX_CLOUDS", "MAX_MOUNTAINS", "MAX_TREES", "MOUNTAIN_SLOTS",
-           "ROAD_SLOT", "TREE_SLOTS", "WATER_SLOT", "Layout", "colorize", "concept_fractions",
-           "label_palette", "measure_speed", "render", "render_with_layout", "sample_grid", "tile"]
+           "NUM_UNIFORMS", "ROAD_SLOT", "TREE_SLOTS", "WATER_SLOT", "Layout", "Recipe", "colorize",
+           "concept_fractions", "draw_scenes", "label_palette", "measure_speed", "render",
+           "render_with_layout", "sample_grid", "tile"]
 
-_NUM_UNIFORMS = 512   # per image; fixed so that image i never depends on its neighbours
+NUM_UNIFORMS = 512    # per image; fixed so that image i never depends on its neighbours
 _CHUNK = 128          # images drawn at once: keeps the working set in cache
+
+
+class Recipe(NamedTuple):
+  """Per-image probabilities of the grammar's structural draws, replacing `render`'s defaults.
+
+  Counts are tables `[n, k + 1]` of the probability of 0 .. k objects (rows need not be
+  normalized); presences and kinds `[n]` probabilities; the horizon is drawn uniformly between
+  `horizon[:, 0]` and `horizon[:, 1]` (`[n, 2]` fractions of the image height). `render`'s
+  defaults are horizon 0.35 .. 0.6, mountains (0.35, 0.35, 0.3), clouds (0.25, 0.3, 0.25, 0.2),
+  water 0.4, pond 0.5, road 0.45, perspective 0.6, buildings (0.3, 0.3, 0.22, 0.18) and trees
+  (0.3, 0.25, 0.2, 0.15, 0.1).
+  """
+
+  horizon: np.ndarray
+  mountains: np.ndarray
+  clouds: np.ndarray
+  water: np.ndarray
+  pond: np.ndarray
+  road: np.ndarray
+  perspective: np.ndarray
+  buildings: np.ndarray
+  trees: np.ndarray
 
 
 class Layout(NamedTuple):
@@ -68,39 +95,53 @@ class Layout(NamedTuple):
   doors: np.ndarray
 
 
-def _presence(d: Draws, probs: Sequence[float], slots: int) -> list[np.ndarray]:
-  """Per-slot `[n]` bool presence for a count drawn with `probs` over `0 .. len(probs) - 1`."""
-  count = d.choice(probs)
+def _presence(d: Draws, probs: Sequence[float] | np.ndarray, slots: int) -> list[np.ndarray]:
+  """Per-slot `[n]` bool presence for a count drawn with `probs` over `0 .. len(probs) - 1`
+  (one table for all images, or a Recipe's `[n, k]` table per image)."""
+  if np.ndim(probs) == 1:
+    count = d.choice(probs)
+  else:
+    p = np.asarray(probs, np.float64)
+    edges = np.cumsum(p, axis=1)[:, :-1] / p.sum(axis=1, keepdims=True)
+    count = np.sum(d.uniform()[:, None] >= edges, axis=1)
   return [count > i for i in range(slots)]
 
 
-def _draw_chunk(u: np.ndarray, noise: np.ndarray, size: int, layout: bool
-                ) -> tuple[np.ndarray, np.ndarray, Layout | None]:
+def _draw_chunk(u: np.ndarray, noise: np.ndarray, size: int, layout: bool,
+                recipe: Recipe | None = None) -> tuple[np.ndarray, np.ndarray, Layout | None]:
   """Renders the scenes of one chunk from their uniforms `[n, K]` and pixel noise `[n, H, W]`."""
   n = u.shape[0]
   d = Draws(u)
+  r = recipe
   idx = np.arange(size, dtype=np.int32)
-  horizon = np.rint(d.uniform(0.35, 0.6) * size).astype(np.int32)
+  lo, hi = (0.35, 0.6) if r is None else (r.horizon[:, 0], r.horizon[:, 1])
+  horizon = np.rint(d.uniform(lo, hi) * size).astype(np.int32)
   g = Grid(size, size / 64, idx[None, :, None], idx[None, None, :],
            (idx[None, :, None] + 0.5).astype(np.float32),
            (idx[None, None, :] + 0.5).astype(np.float32), horizon)
   canvas = Canvas(n, size)
   canvas.draw(0, objects.sky(d, g, n), layout)
-  for k, (slot, on) in enumerate(zip(MOUNTAIN_SLOTS, _presence(d, [0.35, 0.35, 0.3], 2))):
+  mountains = _presence(d, [0.35, 0.35, 0.3] if r is None else r.mountains, MAX_MOUNTAINS)
+  for k, (slot, on) in enumerate(zip(MOUNTAIN_SLOTS, mountains)):
     canvas.draw(slot, objects.mountain(d, g, on, k), layout)
-  for k, (slot, on) in enumerate(zip(CLOUD_SLOTS, _presence(d, [0.25, 0.3, 0.25, 0.2], 3))):
+  clouds = _presence(d, [0.25, 0.3, 0.25, 0.2] if r is None else r.clouds, MAX_CLOUDS)
+  for k, (slot, on) in enumerate(zip(CLOUD_SLOTS, clouds)):
     canvas.draw(slot, objects.cloud(d, g, on, k), layout)
   canvas.draw(GRASS_SLOT, objects.grass(d, g, n), layout)
-  canvas.draw(WATER_SLOT, objects.water(d, g, d.uniform() < 0.4), layout)
-  canvas.draw(ROAD_SLOT, objects.road(d, g, d.uniform() < 0.45), layout)
+  if r is None:
+    canvas.draw(WATER_SLOT, objects.water(d, g, d.uniform() < 0.4), layout)
+    canvas.draw(ROAD_SLOT, objects.road(d, g, d.uniform() < 0.45), layout)
+  else:
+    canvas.draw(WATER_SLOT, objects.water(d, g, d.uniform() < r.water, r.pond), layout)
+    canvas.draw(ROAD_SLOT, objects.road(d, g, d.uniform() < r.road, r.perspective), layout)
   walls, doors = [], []
-  buildings = _presence(d, [0.3, 0.3, 0.22, 0.18], MAX_BUILDINGS)
+  buildings = _presence(d, [0.3, 0.3, 0.22, 0.18] if r is None else r.buildings, MAX_BUILDINGS)
   for k, (slot, on) in enumerate(zip(BUILDING_SLOTS, buildings)):
     layer, wall, door = objects.building(d, g, on, k)
     canvas.draw(slot, layer, layout)
     walls.append(wall)
     doors.append(door)
-  trees = _presence(d, [0.3, 0.25, 0.2, 0.15, 0.1], MAX_TREES)
+  trees = _presence(d, [0.3, 0.25, 0.2, 0.15, 0.1] if r is None else r.trees, MAX_TREES)
   for k, (slot, on) in enumerate(zip(TREE_SLOTS, trees)):
     canvas.draw(slot, objects.tree(d, g, on, k), layout)
   tint = (d.uniform(-0.05, 0.05), d.uniform(-0.07, 0.07))   # brightness, left-right light
@@ -120,13 +161,28 @@ def _draw_chunk(u: np.ndarray, noise: np.ndarray, size: int, layout: bool
 
 def _scene_draws(n: int, seed: int, start: int, size: int) -> tuple[np.ndarray, np.ndarray]:
   """The uniforms `[n, K]` and pixel noise `[n, H, W]` uint8 of images `start .. start + n`."""
-  u = np.empty((n, _NUM_UNIFORMS), np.float32)
+  u = np.empty((n, NUM_UNIFORMS), np.float32)
   noise = np.empty((n, size, size), np.uint8)
   for i in range(n):
     rng = np.random.default_rng([seed, start + i])
-    u[i] = rng.random(_NUM_UNIFORMS, np.float32)
+    u[i] = rng.random(NUM_UNIFORMS, np.float32)
     noise[i] = np.frombuffer(rng.bytes(size * size), np.uint8).reshape(size, size)
   return u, noise
+
+
+def draw_scenes(u: np.ndarray, noise: np.ndarray, size: int = 64, recipe: Recipe | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """Images and labels (as `render`'s) of scenes drawn from given per-image uniforms
+  `[n, NUM_UNIFORMS]` float32 in [0, 1) and pixel noise `[n, size, size]` uint8, optionally
+  under a `recipe`; for samplers with their own random streams, such as `scenes`."""
+  n = u.shape[0]
+  images = np.empty((n, size, size, 3), np.float32)
+  labels = np.empty((n, size, size, 2), np.int32)
+  for s in range(0, n, _CHUNK):
+    part = None if recipe is None else Recipe(*(field[s:s + _CHUNK] for field in recipe))
+    images[s:s + _CHUNK], labels[s:s + _CHUNK], _ = _draw_chunk(
+        u[s:s + _CHUNK], noise[s:s + _CHUNK], size, False, part)
+  return images, labels
 
 
 def _check_args(n: int, seed: int, start: int, size: int) -> None:
