@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments import training_state
 from experiments.progress import progress
 from jaxdissect import checkpoint
 from jaxdissect.sceneworld import classifier as cls
@@ -109,13 +110,6 @@ def predict(logits_fn, params: Any, n: int, seed: int) -> tuple[np.ndarray, np.n
   return np.concatenate(pred), np.concatenate(true)
 
 
-def _state_tree(params: Any, opt_state: Any, step: int) -> dict[str, Any]:
-  """The checkpointed running state; the optimizer state is stored as its list of leaves."""
-  leaves = jax.tree.leaves(opt_state)
-  return {"params": params, "opt_state": {f"{i:03d}": x for i, x in enumerate(leaves)},
-          "step": np.int32(step)}
-
-
 def _settings() -> dict[str, Any]:
   """What a resumed run must share with the run that wrote the checkpoint."""
   return {"steps": _STEPS.value, "batch_size": _BATCH.value, "lr": _LR.value,
@@ -133,12 +127,10 @@ def _resume(workdir: str, params: Any, opt_state: Any) -> tuple[Any, Any, int, f
   if meta["settings"] != _settings():
     raise SystemExit(f"{workdir} holds a run with settings {meta['settings']}, not "
                      f"{_settings()}; use another --workdir or delete it")
-  state, meta = checkpoint.load_latest(workdir, _state_tree(params, opt_state, 0))
-  treedef = jax.tree.structure(opt_state)
-  opt_state = jax.tree.unflatten(treedef, [state["opt_state"][k]
-                                           for k in sorted(state["opt_state"])])
-  logging.info("resuming from step %d of %s", int(state["step"]), workdir)
-  return state["params"], opt_state, int(state["step"]), float(meta["train_seconds"])
+  state, meta = checkpoint.load_latest(workdir, training_state.state_tree(params, opt_state, 0))
+  params, opt_state, step = training_state.restored(state, opt_state)
+  logging.info("resuming from step %d of %s", step, workdir)
+  return params, opt_state, step, float(meta["train_seconds"])
 
 
 def train(workdir: str) -> tuple[Any, float]:
@@ -169,7 +161,8 @@ def train(workdir: str) -> tuple[Any, float]:
       elapsed = seconds + time.perf_counter() - t0
       logging.info("step %d: loss %.4f, train accuracy %.3f (%.2f s/step, %.0f s)", done,
                    loss_mean, acc_mean, (time.perf_counter() - t0) / (done - start), elapsed)
-      checkpoint.save_latest(workdir, checkpoint.to_numpy(_state_tree(params, opt_state, done)),
+      tree = training_state.state_tree(params, opt_state, done)
+      checkpoint.save_latest(workdir, checkpoint.to_numpy(tree),
                              {"settings": _settings(), "step": done, "train_seconds": elapsed})
   return params, seconds + time.perf_counter() - t0
 

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments import training_state
 from experiments.progress import progress
 from jaxdissect import checkpoint
 from jaxdissect.sceneworld import render
@@ -96,13 +97,6 @@ def make_train_step(optimizer: optax.GradientTransformation):
   return train_step
 
 
-def _state_tree(params: Any, opt_state: Any, step: int) -> dict[str, Any]:
-  """The checkpointed running state; the optimizer state is stored as its list of leaves."""
-  leaves = jax.tree.leaves(opt_state)
-  return {"params": params, "opt_state": {f"{i:03d}": x for i, x in enumerate(leaves)},
-          "step": np.int32(step)}
-
-
 def _settings() -> dict[str, Any]:
   """What a resumed run must share with the run that wrote the checkpoint."""
   return {"steps": _STEPS.value, "batch_size": _BATCH.value, "lr": _LR.value,
@@ -121,15 +115,12 @@ def _resume(workdir: str, params: Any, opt_state: Any) -> tuple[Any, Any, int]:
                        "use another --workdir or delete it")
   for path in sorted(glob.glob(os.path.join(workdir, "step_*")), reverse=True):
     try:
-      state = checkpoint.load(path, _state_tree(params, opt_state, 0))
+      state = checkpoint.load(path, training_state.state_tree(params, opt_state, 0))
     except checkpoint.CheckpointError as e:
       logging.warning("skipping %s: %s", path, e)
       continue
-    treedef = jax.tree.structure(opt_state)
-    opt_state = jax.tree.unflatten(treedef, [state["opt_state"][k]
-                                             for k in sorted(state["opt_state"])])
     logging.info("resuming from %s", path)
-    return state["params"], opt_state, int(state["step"])
+    return training_state.restored(state, opt_state)
   os.makedirs(workdir, exist_ok=True)
   with open(settings_path, "w") as f:
     json.dump(_settings(), f, indent=2)
@@ -139,7 +130,7 @@ def _resume(workdir: str, params: Any, opt_state: Any) -> tuple[Any, Any, int]:
 def _save_running(workdir: str, params: Any, opt_state: Any, step: int) -> None:
   """Writes `step_<step>` and then deletes older checkpoints (a crash leaves one readable)."""
   path = os.path.join(workdir, f"step_{step:07d}")
-  checkpoint.save(path, checkpoint.to_numpy(_state_tree(params, opt_state, step)))
+  checkpoint.save(path, checkpoint.to_numpy(training_state.state_tree(params, opt_state, step)))
   for old in glob.glob(os.path.join(workdir, "step_*")):
     if old != path:
       shutil.rmtree(old, ignore_errors=True)

@@ -185,7 +185,7 @@ def draw_scenes(u: np.ndarray, noise: np.ndarray, size: int = 64, recipe: Recipe
   return images, labels
 
 
-def _check_args(n: int, seed: int, start: int, size: int) -> None:
+def check_sample_args(n: int, seed: int, start: int, size: int) -> None:
   """Raises ValueError for arguments that cannot name a sample."""
   if n < 0:
     raise ValueError(f"n is {n}, expected a non-negative number of images")
@@ -198,7 +198,7 @@ def _check_args(n: int, seed: int, start: int, size: int) -> None:
 def render_with_layout(n: int, seed: int, start: int = 0, size: int = 64
                        ) -> tuple[np.ndarray, np.ndarray, Layout]:
   """Like `render`, plus the `Layout` (horizon, instance map, boxes) of every image."""
-  _check_args(n, seed, start, size)
+  check_sample_args(n, seed, start, size)
   parts = [_draw_chunk(*_scene_draws(min(_CHUNK, n - s), seed, start + s, size), size, True)
            for s in range(0, max(n, 1), _CHUNK)]
   images = np.concatenate([p[0] for p in parts])
@@ -214,7 +214,7 @@ def render(n: int, seed: int, start: int = 0, size: int = 64) -> tuple[np.ndarra
   (indices into `CONCEPTS`): channel 0 is the object (exactly one per pixel), channel 1 the part
   (roof, window or door on buildings, trunk on trees, 0 elsewhere).
   """
-  _check_args(n, seed, start, size)
+  check_sample_args(n, seed, start, size)
   images = np.empty((n, size, size, 3), np.float32)
   labels = np.empty((n, size, size, 2), np.int32)
   for s in range(0, n, _CHUNK):

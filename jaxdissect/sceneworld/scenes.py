@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxdissect.sceneworld.render import NUM_UNIFORMS, Recipe, draw_scenes
+from jaxdissect.sceneworld.render import NUM_UNIFORMS, Recipe, check_sample_args, draw_scenes
 
 _SALT = 0x5CE7E5         # separates these streams from render's `default_rng([seed, index])`
 _NUM_LIGHT = 4           # uniforms per image for the lighting change
@@ -130,15 +130,6 @@ def relight(images: np.ndarray, light: np.ndarray) -> np.ndarray:
   return np.clip(x * 2 - 1, -1, 1).astype(np.float32)
 
 
-def _check_args(n: int, seed: int, start: int, size: int) -> None:
-  if n < 0:
-    raise ValueError(f"n is {n}, expected a non-negative number of images")
-  if seed < 0 or start < 0:
-    raise ValueError(f"seed is {seed} and start is {start}, expected non-negative integers")
-  if size < 16:
-    raise ValueError(f"size is {size}, expected at least 16 pixels (64 is the design size)")
-
-
 def render_scenes(n: int, seed: int, size: int = 64, start: int = 0, lighting: bool = True
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Images `start .. start + n` of the scene-class sample numbered `seed`.
@@ -148,7 +139,7 @@ def render_scenes(n: int, seed: int, size: int = 64, start: int = 0, lighting: b
   (indices into `CLASSES`). `lighting=False` leaves out the lighting change (same scenes and
   labels, `render`'s colours), to measure how much colour alone tells.
   """
-  _check_args(n, seed, start, size)
+  check_sample_args(n, seed, start, size)
   classes = classes_of(n, seed, start)
   u, noise, light = _draws(n, seed, start, size)
   images, labels = draw_scenes(u, noise, size, recipe_for(classes))

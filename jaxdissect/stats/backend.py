@@ -12,6 +12,7 @@ import threading
 from typing import Callable
 
 import jax
+import numpy as np
 
 # An experimental jax API: without it the CPU runs the jax kernels too (slower, same state).
 try:
@@ -85,3 +86,11 @@ def over_units(count: Callable[[slice], None], num_units: int, parallel: bool = 
 def worth_threads(num_values: int) -> bool:
   """Whether counting `num_values` values repays starting threads (about 2**18 values each)."""
   return num_values >= 1 << 19
+
+
+def add_row_pixels(pixels: np.ndarray, rows: np.ndarray) -> None:
+  """Adds to `pixels [K]`, in place, the pixels of each label row in `rows [P, D]` (K: none;
+  row 0: every pixel): the host twin of `conditional.add_row_pixels`."""
+  counts = np.bincount(rows.reshape(-1), minlength=pixels.shape[0] + 1)
+  pixels += counts[:pixels.shape[0]].astype(np.int32)
+  pixels[0] += rows.shape[0]

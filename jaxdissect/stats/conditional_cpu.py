@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdissect.stats import upsampled_kernels
-from jaxdissect.stats.backend import buffer_callback, over_units, worth_threads
+from jaxdissect.stats.backend import (add_row_pixels, buffer_callback, over_units,
+                                      worth_threads)
 from jaxdissect.stats.quantile_keys import KEY_NEG_INF
 
 
@@ -85,10 +86,7 @@ def _fused_callback(size, ctx, outs, above, count, pixels, nonfinite, raw, rows,
   del ctx, above, count, pixels, nonfinite  # aliased to `outs`
   above, count, pixels, nonfinite = (np.asarray(x) for x in outs)
   raw, rows, edges = np.asarray(raw), np.asarray(rows), np.asarray(edges)
-  num_concepts = above.shape[0]
-  counts = np.bincount(rows.reshape(-1), minlength=num_concepts + 1)
-  pixels += counts[:num_concepts].astype(np.int32)
-  pixels[0] += rows.shape[0]
+  add_row_pixels(pixels, rows)
   yi0, yi1, yf, _ = upsampled_kernels.axis_table(raw.shape[1], size[0])
   _, _, xf, xs = upsampled_kernels.axis_table(raw.shape[2], size[1])
   over_units(lambda part: upsampled_kernels.count_levels(

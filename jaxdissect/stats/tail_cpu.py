@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdissect.stats import upsampled_kernels
-from jaxdissect.stats.backend import buffer_callback, over_units, worth_threads
+from jaxdissect.stats.backend import (add_row_pixels, buffer_callback, over_units,
+                                      worth_threads)
 from jaxdissect.stats.tail_bins import cells_above
 
 
@@ -55,10 +56,7 @@ def _callback(ctx, outs, hist, pixels, values, rows, knots, widths):
   hist, pixels = np.asarray(outs[0]), np.asarray(outs[1])
   values, rows = np.asarray(values), np.asarray(rows)
   knots, widths = np.asarray(knots), np.asarray(widths)
-  num_concepts = hist.shape[0]
-  counts = np.bincount(rows.reshape(-1), minlength=num_concepts + 1)
-  pixels += counts[:num_concepts].astype(np.int32)
-  pixels[0] += rows.shape[0]
+  add_row_pixels(pixels, rows)
   over_units(lambda part: _count(hist, values, rows, knots, widths, part), values.shape[0],
              worth_threads(values.size))
 
@@ -79,10 +77,7 @@ def _fused_callback(size, ctx, outs, hist, pixels, minimum, maximum, nonfinite, 
   hist, pixels, minimum, maximum, nonfinite = (np.asarray(x) for x in outs)
   raw, rows = np.asarray(raw), np.asarray(rows)
   knots, widths = np.asarray(knots), np.asarray(widths)
-  num_concepts = hist.shape[0]
-  counts = np.bincount(rows.reshape(-1), minlength=num_concepts + 1)
-  pixels += counts[:num_concepts].astype(np.int32)
-  pixels[0] += rows.shape[0]
+  add_row_pixels(pixels, rows)
   yi0, yi1, yf, _ = upsampled_kernels.axis_table(raw.shape[1], size[0])
   _, _, xf, xs = upsampled_kernels.axis_table(raw.shape[2], size[1])
   over_units(lambda part: upsampled_kernels.count_tail(
