@@ -151,6 +151,9 @@ class IqrGrid(NamedTuple):
   def warmup_bracket(self, values: Sequence[np.ndarray]) -> Any:
     """`[U, 100]` quantiles at IQR_LEVELS of the sampled warmup values (`sample`)."""
     values = np.concatenate(values, axis=1)
+    # Sorted first: numpy's SIMD sort and a quantile of sorted rows take a third of the time
+    # of `np.quantile`'s selection on unsorted ones, for the same numbers.
+    values.sort(axis=1)
     grid = np.quantile(values, IQR_LEVELS, axis=1).T
     return np.maximum.accumulate(grid, axis=1).astype(np.float32)
 
