@@ -200,3 +200,16 @@ def test_fused_iqr_warmup_grid_matches_the_upsampling_warmup(monkeypatch):
   plain = warmup.host_brackets(rule, layers, (16, 16), batches, rows=18)
   for name in layers:
     np.testing.assert_allclose(fused[name], plain[name], rtol=1e-6, atol=1e-6)
+
+
+def test_fused_level_counts_are_exact_on_values_that_sit_on_levels():
+  """Levels on a grid that bucket bounds meet and values that land on them: the bucket table
+  may only shorten the search, never move a value across a level."""
+  raw, labels = _data(8)
+  raw = np.round(np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0) * 8) / 8  # on the grid
+  edges = np.tile(np.linspace(-1.0, 1.0, 17, dtype=np.float32), (raw.shape[-1], 1))
+  edges[0] = np.linspace(-1.0, 1.0, 17, dtype=np.float32) * np.float32(1 / 3)  # off the grid
+  fused = _conditional(raw, labels, edges, True)
+  plain = _conditional(raw, labels, edges, False)
+  for field, a, b in zip(fused._fields, fused, plain):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=field)

@@ -198,20 +198,45 @@ def _largest(kept, count, raw, yi0, yi1, yf, xf, xs, u0, u1):
 largest = _jit(_largest)
 
 
+_BUCKETS = 4096  # equal buckets between a unit's first and last level, for `_count_levels`
+
+
 def _count_levels(above, count, nonfinite, raw, rows, edges, yi0, yi1, yf, xf, xs, u0, u1):
   """Adds, per label row c of `rows [P, D]` (K: none; row 0: every pixel), the upsampled values
   above each level `edges [U, T]` to `above [K, U, T]` and the finite ones to `count [K, U]`,
   and the non-finite ones to `nonfinite [U]`, for units `u0..u1` (`conditional_cpu`'s counts).
-  A value's level (the edges strictly below it) is walked from the last one's: along a
-  two-tap span the values are monotone, so a walk is a step or two."""
+
+  A value's level (the edges strictly below it) comes from a table of equal buckets between the
+  unit's first and last edge: a bucket with no edge inside has one level for all its values, and
+  only values in a bucket holding an edge (or outside the edges) walk to theirs. Walking every
+  value from the last one's level mispredicted a branch or two a value: 1.7x slower.
+  """
   num_concepts, _, num_levels = above.shape
   height, width, w = yi0.shape[0], xf.shape[0], raw.shape[2]
   local = np.zeros((num_concepts, num_levels + 1), np.int64)
   row = np.empty(w, np.float32)
+  level_at = np.empty(_BUCKETS + 1, np.int64)  # the level of the bucket's values; -1: walk
+  start_at = np.empty(_BUCKETS + 1, np.int64)  # where a walk starts
   for u in range(u0, u1):
     local[:] = 0
     bad = 0
+    first_edge, last_edge = edges[u, 0], edges[u, num_levels - 1]
+    span = np.float64(last_edge) - np.float64(first_edge)
+    scale = _BUCKETS / span if span > 0 else 0.0
+    # Bucket g in 1.._BUCKETS - 1 holds the values with (v - first) * scale in [g - 1, g);
+    # bucket 0 those at or below the first edge, bucket _BUCKETS those past the last bucket.
+    # An edge within `slack` of a bucket's bounds counts as inside it (the bucket of a value
+    # is computed in float64 and may be off by a rounding at its bounds).
+    slack = 1e-9 * (abs(np.float64(first_edge)) + abs(np.float64(last_edge)) + span)
     level = 0
+    for g in range(_BUCKETS + 1):
+      bottom = first_edge + (g - 1) / scale if scale > 0 else np.float64(first_edge)
+      top = first_edge + g / scale if scale > 0 else np.float64(first_edge)
+      while level < num_levels and edges[u, level] < bottom - slack:
+        level += 1
+      start_at[g] = level if g else 0
+      edge_inside = level < num_levels and edges[u, level] <= top + slack
+      level_at[g] = -1 if (edge_inside or g == 0 or g == _BUCKETS) else level
     for b in range(raw.shape[0]):
       for i in range(height):
         _row(raw, u, b, yi0[i], yi1[i], yf[i], row)
@@ -223,10 +248,15 @@ def _count_levels(above, count, nonfinite, raw, rows, edges, yi0, yi1, yf, xf, x
             if not np.isfinite(v):
               bad += 1
               continue
-            while level < num_levels and edges[u, level] < v:
-              level += 1
-            while level > 0 and not edges[u, level - 1] < v:
-              level -= 1
+            x = (np.float64(v) - first_edge) * scale
+            g = 0 if not x > 0 else (_BUCKETS if x >= _BUCKETS - 1 else int(x) + 1)
+            level = level_at[g]
+            if level < 0:
+              level = start_at[g]
+              while level < num_levels and edges[u, level] < v:
+                level += 1
+              while level > 0 and not edges[u, level - 1] < v:
+                level -= 1
             local[0, level] += 1
             for d in range(rows.shape[1]):
               concept = rows[first + j, d]
