@@ -3,7 +3,13 @@
 A classifier is dissected over a dataset. A folder (`jaxdissect.imagefolder`) is read lazily,
 each image resized and centre-cropped to the classifier's size; its pixels are labelled by a
 segmenter. A built-in set (a world's renderer, say) comes with exact labels in extra channels
-and its concepts (`jaxdissect.imagesource.ImageSet`), so it needs no segmenter.
+and its concepts (`jaxdissect.imagesource.ImageSet`), so it needs no segmenter; given one, the
+segmenter labels its colour channels instead.
+
+Built-in sets:
+  sceneworld_scenes  the 2000 held-out scene-class scenes (seed 999, on which the shipped scene
+                     classifier's accuracy is measured; it trained on seed 1000), rendered on
+                     demand at the classifier's size with exact object and part labels.
 """
 
 from __future__ import annotations
@@ -14,9 +20,20 @@ from experiments.cli import UsageError
 from jaxdissect import imagefolder
 from jaxdissect.imagesource import ImageSet
 
+
+def _sceneworld_scenes(size: tuple[int, int]) -> ImageSet:
+  from jaxdissect.sceneworld import sceneset  # pylint: disable=g-import-not-at-top
+  if size[0] != size[1] or size[0] < 16:
+    raise UsageError(f"--images=sceneworld_scenes renders square scenes of at least 16 pixels; "
+                     f"the classifier takes {size[0]}x{size[1]} images")
+  return sceneset.scene_image_set(size=size[0])
+
+
 # Built-in image sets: name -> loader(size) giving an ImageSet of `size` (H, W) images. A
-# constant table, extended here (e.g. the scene world's rendered scenes with exact labels).
-IMAGE_SETS: dict[str, Callable[[tuple[int, int]], ImageSet]] = {}
+# constant table, extended here.
+IMAGE_SETS: dict[str, Callable[[tuple[int, int]], ImageSet]] = {
+    "sceneworld_scenes": _sceneworld_scenes,
+}
 
 
 def load(spec: str, size: tuple[int, int], resize: int | None = -1) -> ImageSet:

@@ -3,8 +3,9 @@
 It is the embedded default's world: the segmenter and the ProgGAN that jaxdissect dissects out of
 the box are trained on these scenes, and its miniature reproductions of GAN Dissection's
 experiments run in it. The scene grammar is described in the `render` module's docstring.
-Scene classes made of the same objects (`scenes`) and a small VGG that tells them apart
-(`classifier`) carry the classifier half of dissection (PNAS) into the same world.
+Scene classes made of the same objects (`scenes`), served as a dataset with exact labels
+(`sceneset`), and a small VGG that tells them apart (`classifier`) carry the classifier half of
+dissection (PNAS) into the same world.
 
 Note: the package exports the function `render`, which shadows the submodule of the same name as
 an attribute; reach the module's private parts, if ever needed, with
