@@ -18,7 +18,7 @@ from jaxdissect.imagefolder import ImageDataError
 from jaxdissect.images import to_uint8
 from jaxdissect.imagesource import ImageSet
 from jaxdissect.model import Edit
-from tests.factory_models import make_classifier
+from factory_models import make_classifier  # tests/ is on the path (no package)
 
 SIZE, N = 16, 24
 CONCEPTS = (("-", "none"), ("red", "colour"), ("green", "colour"), ("dark", "light"))

@@ -21,7 +21,7 @@ from jaxdissect import colorseg, dissect, driver, imagesource
 from jaxdissect.model import Segmenter
 from jaxdissect.report.reader import read_dissection
 from jaxdissect.sceneworld import sceneset
-from tests.factory_models import make_classifier
+from factory_models import make_classifier  # tests/ is on the path (no package)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 N, SIZE, LAYERS = 40, 32, ("conv1", "conv2")

@@ -18,7 +18,7 @@ from PIL import Image
 
 from jaxdissect import colorseg, dissect, imagefolder, imagesource
 from jaxdissect.imagesource import ImageSet
-from tests.factory_models import make_classifier
+from factory_models import make_classifier  # tests/ is on the path (no package)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT = 180
