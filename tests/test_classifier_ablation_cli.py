@@ -8,16 +8,17 @@ the table next to the units.
 """
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
 
 import pytest
 
+import cli_support  # tests/ is on the path (no package)
+
 from jaxdissect import planted_classifier as pc
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = cli_support.ROOT
 TIMEOUT = 120
 PLANTED = ["--model", "jaxdissect.planted_classifier:make_planted_classifier",
            "--dataset", "planted"]
@@ -25,10 +26,7 @@ PLANTED = ["--model", "jaxdissect.planted_classifier:make_planted_classifier",
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-  env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
-  return env
+  return cli_support.subprocess_env(tmp_path_factory.mktemp("jax_cache"))
 
 
 def _dissection(folder: pathlib.Path) -> pathlib.Path:
@@ -88,21 +86,7 @@ def test_table_names_the_planted_units(result):
 
 
 # Several bad command lines in one interpreter (each a fresh parse of the flags).
-BATCH = """
-import json
-import sys
-from absl import flags
-from experiments import classifier_ablation
-from experiments.cli import UsageError
-for args in map(json.loads, sys.argv[1:]):
-  flags.FLAGS.unparse_flags()
-  flags.FLAGS(["classifier_ablation", "--quiet", *args])
-  try:
-    classifier_ablation.run_ablation()
-    print("OK")
-  except UsageError as e:
-    print("USAGE", e)
-"""
+BATCH = cli_support.usage_batch("classifier_ablation", "run_ablation")
 
 
 def test_bad_flags_are_one_line_each(tmp_path, env):

@@ -3,16 +3,16 @@ reaches the target by moving the target's planted unit far more than the others,
 chart are written, and a resumed run gives the same JSON as an uninterrupted one."""
 
 import json
-import os
-import pathlib
 import subprocess
 import sys
 
 import pytest
 
+import cli_support  # tests/ is on the path (no package)
+
 from jaxdissect import planted_classifier as pc
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = cli_support.ROOT
 TIMEOUT = 120
 ARGS = ["--model", "jaxdissect.planted_classifier:make_planted_classifier", "--dataset",
         "planted", "--train_n", 300, "--batch_size", 128, "--chunk", 32, "--targets",
@@ -22,10 +22,7 @@ ARGS = ["--model", "jaxdissect.planted_classifier:make_planted_classifier", "--d
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-  env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
-  return env
+  return cli_support.subprocess_env(tmp_path_factory.mktemp("jax_cache"))
 
 
 def _run(out, env, *extra):

@@ -7,20 +7,20 @@ library's own dissection of the same images, and one error line for images it ca
 
 import io
 import json
-import os
-import pathlib
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+
+import cli_support  # tests/ is on the path (no package)
 from PIL import Image
 
 from jaxdissect import colorseg, dissect, imagefolder, imagesource
 from jaxdissect.imagesource import ImageSet
 from factory_models import make_classifier  # tests/ is on the path (no package)
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = cli_support.ROOT
 TIMEOUT = 180
 ERROR = "dissect_classifier: error:"
 MODEL = ["--model", "tests.factory_models:make_classifier", "--model_arg", "width=3"]
@@ -28,10 +28,7 @@ MODEL = ["--model", "tests.factory_models:make_classifier", "--model_arg", "widt
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-  env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
-  return env
+  return cli_support.subprocess_env(tmp_path_factory.mktemp("jax_cache"))
 
 
 def _save(path, w, h, seed, fmt):
@@ -112,21 +109,7 @@ def test_a_corrupt_image_ends_the_run_with_one_line_naming_it(images, tmp_path, 
 
 
 # Several bad command lines in one interpreter (each a fresh parse of the flags).
-BATCH = """
-import json
-import sys
-from absl import flags
-from experiments import dissect_classifier
-from experiments.cli import UsageError
-for args in map(json.loads, sys.argv[1:]):
-  flags.FLAGS.unparse_flags()
-  flags.FLAGS(["dissect_classifier", "--quiet", *args])
-  try:
-    dissect_classifier.run_dissection()
-    print("OK")
-  except UsageError as e:
-    print("USAGE", e)
-"""
+BATCH = cli_support.usage_batch("dissect_classifier", "run_dissection")
 
 
 def test_bad_input_gives_one_usage_line_each(images, tmp_path, env):
