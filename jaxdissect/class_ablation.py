@@ -148,7 +148,7 @@ def _edited_counts(params, images, labels, valid, alphas, *, apply_fn, layer, nu
                                             layer=layer, num_classes=num_classes))(alphas)
 
 
-def _batches(images: Any, labels: np.ndarray, batch_size: int):
+def padded_batches(images: Any, labels: np.ndarray, batch_size: int):
   """`(images, labels, valid)` batches of exactly `batch_size`, the last padded by repeating
   its last image (and marked invalid), so every batch goes through one compiled function."""
   if batch_size < 1:
@@ -166,7 +166,7 @@ def _batches(images: Any, labels: np.ndarray, batch_size: int):
     yield jnp.asarray(x), jnp.asarray(y), jnp.arange(size) < stop - start
 
 
-def _groups(alphas: np.ndarray, chunk: int) -> list[jax.Array]:
+def edit_groups(alphas: np.ndarray, chunk: int) -> list[jax.Array]:
   """`[E, C]` edits as groups of exactly `chunk` rows (the last padded with its last row)."""
   if chunk < 1:
     raise ValueError(f"chunk is {chunk}, expected a positive number of edits")
@@ -192,7 +192,7 @@ def baseline_counts(classifier: Classifier, images: Any, labels: Any, *,
   images, labels = check_dataset(classifier, images, labels)
   models = _models(classifier, classifier.layers[0])
   total = None
-  for x, y, valid in _batches(images, labels, batch_size):
+  for x, y, valid in padded_batches(images, labels, batch_size):
     total = _add(total, _one_counts(classifier.params, x, y, valid, None, **models))
   return total
 
@@ -210,9 +210,9 @@ def edit_counts(classifier: Classifier, layer: str, images: Any, labels: Any,
     raise ValueError(f"alphas have shape {list(alphas.shape)}, expected [edits, {units}] "
                      f"({units} units in {layer!r})")
   models = _models(classifier, layer)
-  groups = _groups(alphas, chunk)
+  groups = edit_groups(alphas, chunk)
   total, done = None, 0
-  for x, y, valid in _batches(images, labels, batch_size):
+  for x, y, valid in padded_batches(images, labels, batch_size):
     parts = [_edited_counts(classifier.params, x, y, valid, g, **models) for g in groups]
     total = _add(total, Counts(*(np.concatenate(a)[:len(alphas)] for a in zip(*parts))))
     done += int(np.sum(valid))
@@ -259,7 +259,7 @@ def single_unit_sweep_looped(classifier: Classifier, layer: str, images: Any, la
   for unit in range(units):
     alpha = jnp.zeros((units,), jnp.float32).at[unit].set(1.0)
     total = None
-    for x, y, valid in _batches(images, labels, batch_size):
+    for x, y, valid in padded_batches(images, labels, batch_size):
       total = _add(total, _one_counts(classifier.params, x, y, valid, alpha, **models))
     rows.append(total)
   return _sweep(base, Counts(*(np.stack(a) for a in zip(*rows))))

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdissect.class_ablation import _batches, _groups, check_dataset, num_units
+from jaxdissect.class_ablation import check_dataset, edit_groups, num_units, padded_batches
 from jaxdissect.classifier import Classifier
 from jaxdissect.errors import check_choice
 from jaxdissect.model import Edit
@@ -69,11 +69,11 @@ def single_unit_margins(classifier: Classifier, layer: str, images: Any, labels:
   images, labels = check_dataset(classifier, images, labels)
   units = num_units(classifier, layer)
   alphas = np.concatenate([np.zeros((1, units), np.float32), np.eye(units, dtype=np.float32)])
-  groups = _groups(alphas, chunk)
+  groups = edit_groups(alphas, chunk)
   static = {"apply_fn": classifier.apply_fn, "layer": layer,
             "num_classes": len(classifier.classes)}
   sums, done = np.zeros((len(alphas), len(classifier.classes))), 0
-  for x, y, valid in _batches(images, labels, batch_size):
+  for x, y, valid in padded_batches(images, labels, batch_size):
     parts = [_margin_sums(classifier.params, x, y, valid, g, **static) for g in groups]
     sums += np.concatenate([np.asarray(p, np.float64) for p in parts])[:len(alphas)]
     done += int(np.sum(valid))
