@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from jaxdissect import dissect, latents, planted, sharding, steps, warmup
+from jaxdissect.stats import upsampled_kernels
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT = 180
@@ -34,6 +35,21 @@ def _assert_identical(a: dict, b: dict) -> None:
   for layer in a:
     for name, x, y in zip(a[layer]._fields, a[layer], b[layer], strict=True):
       np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=f"{layer}.{name}")
+
+
+def _assert_alike(a: dict, b: dict) -> None:
+  """Dissections whose brackets differ in a value's last bit (the device ranks XLA's upsampled
+  values, which may fuse a multiply-add; the host's compiled loops do not): the same labels
+  and top images, thresholds to float32 rounding, IoU within the reported bound."""
+  assert a.keys() == b.keys()
+  for layer in a:
+    x, y = a[layer], b[layer]
+    for name in ("shape", "label", "top_values", "top_indices"):
+      np.testing.assert_array_equal(np.asarray(getattr(x, name)), np.asarray(getattr(y, name)),
+                                    err_msg=f"{layer}.{name}")
+    np.testing.assert_allclose(x.thresholds, y.thresholds, rtol=1e-6, err_msg=layer)
+    bound = np.maximum(x.iou_bound, y.iou_bound)[:, None] + 1e-6
+    assert np.all(np.abs(x.iou - y.iou) <= bound), layer
 
 
 def test_planted_on_four_devices_equals_one(planted_world):
@@ -72,7 +88,7 @@ def test_scene_world_on_four_devices_equals_one(scene_world):
 
 
 @pytest.mark.parametrize("devices", [None, 4])
-def test_device_warmup_finds_the_host_warmup_brackets(scene_world, devices):
+def test_device_warmup_finds_the_host_warmup_brackets(scene_world, devices, monkeypatch):
   # 50 warmup images in batches of 20: the last batch is short (padded on the mesh).
   gen, seg = scene_world.generator, scene_world.segmenter
   config = _config("sceneworld", ["layer4", "layer6"], 60)._replace(warmup=50)
@@ -93,8 +109,16 @@ def test_device_warmup_finds_the_host_warmup_brackets(scene_world, devices):
   for layer in config.layers:
     for got, want in zip(small[layer], on_host[layer], strict=True):
       np.testing.assert_array_equal(got, want, err_msg=layer)
+  # The host's compiled loops round a value's last bit apart from XLA's upsampling (a fused
+  # multiply-add), so they agree to float32 rounding; ranking XLA's values on the host agrees
+  # exactly.
   for layer in config.layers:
-    for got, want in zip(on_device[layer], on_host[layer], strict=True):
+    np.testing.assert_allclose(on_device[layer], on_host[layer], rtol=1e-6, err_msg=layer)
+  monkeypatch.setattr(upsampled_kernels, "fuses", lambda *args: False)
+  unfused = warmup.host_brackets(run.rule, shapes.layers, shapes.seg_size,
+                                 [warmup.gathered(a, len(z)) for z, a in zip(zs, acts)], rows=50)
+  for layer in config.layers:
+    for got, want in zip(on_device[layer], unfused[layer], strict=True):
       np.testing.assert_array_equal(got, want, err_msg=layer)
 
 
@@ -104,7 +128,7 @@ def test_device_warmup_dissects_alike_and_reports_non_finite(planted_world):
   host = dissect.dissect(gen, seg, config._replace(warmup_on="host"), mesh=sharding.data_mesh(4))
   device = dissect.dissect(gen, seg, config._replace(warmup_on="device"),
                            mesh=sharding.data_mesh(4))
-  _assert_identical(device, host)
+  _assert_alike(device, host)
 
   def broken(params, z, edits=None, capture=None):
     image, acts = gen.apply_fn(params, z, edits, capture)
