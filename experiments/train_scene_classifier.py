@@ -30,7 +30,6 @@ areas and extents 0.998, on colour histograms 0.573 (4x4x4 bins) and 0.688 (8x8x
 from __future__ import annotations
 
 import json
-import logging as std_logging
 import os
 import sys
 import time
@@ -181,15 +180,9 @@ def evaluate(params: Any, n: int, seed: int) -> dict[str, Any]:
           "fast_accuracy": float(np.mean(pred[:FAST_EVAL_N] == true[:FAST_EVAL_N]))}
 
 
-def _quiet_orbax() -> None:
-  """Drops Orbax's INFO chatter (several lines per save) from the absl log."""
-  logging.get_absl_logger().addFilter(
-      lambda r: r.levelno >= std_logging.WARNING or "/orbax/" not in r.pathname)
-
-
 def main(argv):
   del argv
-  _quiet_orbax()
+  training_state.quiet_orbax()
   params, train_s = train(_WORKDIR.value)
   t0 = time.perf_counter()
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)

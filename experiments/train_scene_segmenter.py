@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import glob
 import json
-import logging as std_logging
 import os
 import shutil
 import time
@@ -171,15 +170,9 @@ def evaluate(params: Any, n: int) -> dict[str, Any]:
           "fast_eval_n": FAST_EVAL_N, "fast_mean_iou": fast}
 
 
-def _quiet_orbax() -> None:
-  """Drops Orbax's INFO chatter (several lines per save) from the absl log."""
-  logging.get_absl_logger().addFilter(
-      lambda r: r.levelno >= std_logging.WARNING or "/orbax/" not in r.pathname)
-
-
 def main(argv):
   del argv
-  _quiet_orbax()
+  training_state.quiet_orbax()
   t0 = time.perf_counter()
   params = train(_STEPS.value, _BATCH.value, _LR.value, _SEED.value, _WORKDIR.value,
                  _EVERY.value, _QUIET.value)

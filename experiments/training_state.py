@@ -1,4 +1,5 @@
-"""The checkpointed running state of the scene world's training scripts, written once.
+"""What the scene world's training scripts share: their checkpointed running state and a quiet
+log while they save it.
 
 Orbax restores into a template tree; an optax state is a tree of named tuples that a checkpoint
 cannot name, so it is stored as its list of leaves and rebuilt on the running optimizer's
@@ -7,8 +8,10 @@ structure.
 
 from __future__ import annotations
 
+import logging as std_logging
 from typing import Any
 
+from absl import logging
 import jax
 import numpy as np
 
@@ -26,3 +29,9 @@ def restored(state: dict[str, Any], opt_state: Any) -> tuple[Any, Any, int]:
   treedef = jax.tree.structure(opt_state)
   leaves = [state["opt_state"][k] for k in sorted(state["opt_state"])]
   return state["params"], jax.tree.unflatten(treedef, leaves), int(state["step"])
+
+
+def quiet_orbax() -> None:
+  """Drops Orbax's INFO chatter (several lines per save) from the absl log."""
+  logging.get_absl_logger().addFilter(
+      lambda r: r.levelno >= std_logging.WARNING or "/orbax/" not in r.pathname)

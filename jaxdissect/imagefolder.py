@@ -137,6 +137,27 @@ def list_images(root: str) -> tuple[tuple[str, ...], int]:
   return tuple(sorted(files)), skipped
 
 
+def row_positions(index: Any, count: int, owner: str, noun: str, where: str = ""
+                  ) -> tuple[list[int], bool]:
+  """The rows of `count` that `index` (an int, a slice, a list or a 1-D integer array) names,
+  as non-negative positions, and whether it was one int; IndexError names `owner` (e.g. "an
+  ImageFolder is") or the `noun` out of range. The indexing of every lazy dataset array."""
+  def position(i: int) -> int:
+    if not -count <= i < count:
+      raise IndexError(f"{noun} {i} is out of range for {count} {noun}s{where}")
+    return int(i) % count
+
+  if isinstance(index, (int, np.integer)):
+    return [position(index)], True
+  if isinstance(index, slice):
+    return list(range(count)[index]), False
+  index = np.asarray(index)
+  if index.ndim != 1 or not (np.issubdtype(index.dtype, np.integer) or index.size == 0):
+    raise IndexError(f"{owner} indexed by an int, a slice or a 1-D integer array, "
+                     f"not {index.dtype} of shape {list(index.shape)}")
+  return [position(i) for i in index.tolist()], False
+
+
 class ImageFolder:
   """The images of a folder as a read-only `[N, H, W, 3]` float32 array, decoded on indexing.
 
@@ -162,23 +183,10 @@ class ImageFolder:
     return len(self.files)
 
   def __getitem__(self, index: Any) -> np.ndarray:
-    if isinstance(index, (int, np.integer)):
-      return self._read([self._position(index)])[0]
-    if isinstance(index, slice):
-      rows = range(len(self.files))[index]
-    else:
-      index = np.asarray(index)
-      if index.ndim != 1 or not (np.issubdtype(index.dtype, np.integer) or index.size == 0):
-        raise IndexError(f"an ImageFolder is indexed by an int, a slice or a 1-D integer array, "
-                         f"not {index.dtype} of shape {list(index.shape)}")
-      rows = [self._position(i) for i in index.tolist()]
-    return self._read(rows)
-
-  def _position(self, i: int) -> int:
-    n = len(self.files)
-    if not -n <= i < n:
-      raise IndexError(f"image {i} is out of range for {n} images in {self.root}")
-    return int(i) % n
+    rows, one = row_positions(index, len(self.files), "an ImageFolder is", "image",
+                              f" in {self.root}")
+    images = self._read(rows)
+    return images[0] if one else images
 
   def path(self, i: int) -> str:
     """The file of row `i`."""

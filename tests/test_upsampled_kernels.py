@@ -79,12 +79,24 @@ def test_fused_count_equals_counting_the_written_out_upsampled_values(segments):
   assert fused.sum() > 0
 
 
-def _tally(raw, labels, knots, bins, fused_path):
-  size = labels.shape[1:3]
-  stat = tail.tail_histogram(raw.shape[-1], K, knots, bins)
-  acts = _upsampled(raw, size)
+def _stream(stat, update, raw, labels):
+  """`stat` after `update(state, upsampled, labels, raw)` (jitted) on two images at a time."""
+  update = jax.jit(update)
+  acts = _upsampled(raw, labels.shape[1:3])
+  state = stat.init()
+  for i in range(0, len(raw), 2):
+    state = update(state, acts[i:i + 2], labels[i:i + 2], raw[i:i + 2])
+  return state
 
-  @jax.jit
+
+def _assert_same_state(a, b):
+  for field, x, y in zip(a._fields, a, b, strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=field)
+
+
+def _tally(raw, labels, knots, bins, fused_path):
+  stat = tail.tail_histogram(raw.shape[-1], K, knots, bins)
+
   def update(state, a, l, r):
     if fused_path:
       return stat.update(state, a, l, r)
@@ -93,10 +105,7 @@ def _tally(raw, labels, knots, bins, fused_path):
         **dict(zip(("minimum", "maximum", "nonfinite"),
                    tail._bounds(state.minimum, state.maximum, state.nonfinite, r, r.shape[-1]))))
 
-  state = stat.init()
-  for i in range(0, len(raw), 2):
-    state = update(state, acts[i:i + 2], labels[i:i + 2], raw[i:i + 2])
-  return state
+  return _stream(stat, update, raw, labels)
 
 
 def test_the_tally_given_the_raw_map_counts_what_it_counts_without():
@@ -105,9 +114,7 @@ def test_the_tally_given_the_raw_map_counts_what_it_counts_without():
   knots = _knots(raw.shape[-1], 4, bins)
   fused = _tally(raw, labels, knots, bins, True)
   plain = _tally(raw, labels, knots, bins, False)
-  for field in tail.TailState._fields:
-    np.testing.assert_array_equal(np.asarray(getattr(fused, field)),
-                                  np.asarray(getattr(plain, field)), err_msg=field)
+  _assert_same_state(fused, plain)
 
 
 def test_fused_running_top_equals_a_partition_of_the_upsampled_values():
@@ -149,16 +156,11 @@ def test_shrinking_is_not_fused():
 def _conditional(raw, labels, edges, fused_path):
   from jaxdissect.stats import conditional  # pylint: disable=g-import-not-at-top
   stat = conditional.conditional_histogram(raw.shape[-1], K, edges)
-  acts = _upsampled(raw, labels.shape[1:3])
 
-  @jax.jit
   def update(state, a, l, r):
     return stat.update(state, a, l, r if fused_path else None)
 
-  state = stat.init()
-  for i in range(0, len(raw), 2):
-    state = update(state, acts[i:i + 2], labels[i:i + 2], raw[i:i + 2])
-  return state
+  return _stream(stat, update, raw, labels)
 
 
 def test_fused_level_counts_equal_the_sorting_kernel_on_written_out_values():
@@ -171,8 +173,7 @@ def test_fused_level_counts_equal_the_sorting_kernel_on_written_out_values():
   edges = np.maximum.accumulate(edges, axis=1)
   fused = _conditional(raw, labels, edges, True)
   plain = _conditional(raw, labels, edges, False)
-  for field, a, b in zip(fused._fields, fused, plain):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=field)
+  _assert_same_state(fused, plain)
   assert np.asarray(fused.nonfinite)[4:].sum() > 0 and np.asarray(fused.above).sum() > 0
 
 
@@ -211,5 +212,4 @@ def test_fused_level_counts_are_exact_on_values_that_sit_on_levels():
   edges[0] = np.linspace(-1.0, 1.0, 17, dtype=np.float32) * np.float32(1 / 3)  # off the grid
   fused = _conditional(raw, labels, edges, True)
   plain = _conditional(raw, labels, edges, False)
-  for field, a, b in zip(fused._fields, fused, plain):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=field)
+  _assert_same_state(fused, plain)

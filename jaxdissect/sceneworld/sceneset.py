@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from jaxdissect.imagefolder import row_positions
 from jaxdissect.imagesource import ImageSet
 from jaxdissect.sceneworld.concepts import CONCEPTS
 from jaxdissect.sceneworld.scenes import render_scenes
@@ -53,22 +54,9 @@ class SceneImages:
     return self.count
 
   def __getitem__(self, index: Any) -> np.ndarray:
-    if isinstance(index, (int, np.integer)):
-      return self._render([self._position(index)])[0]
-    if isinstance(index, slice):
-      rows = list(range(self.count)[index])
-    else:
-      index = np.asarray(index)
-      if index.ndim != 1 or not (np.issubdtype(index.dtype, np.integer) or index.size == 0):
-        raise IndexError(f"SceneImages are indexed by an int, a slice or a 1-D integer array, "
-                         f"not {index.dtype} of shape {list(index.shape)}")
-      rows = [self._position(i) for i in index.tolist()]
-    return self._render(rows)
-
-  def _position(self, i: int) -> int:
-    if not -self.count <= i < self.count:
-      raise IndexError(f"scene {i} is out of range for {self.count} scenes")
-    return int(i) % self.count
+    rows, one = row_positions(index, self.count, "SceneImages are", "scene")
+    scenes = self._render(rows)
+    return scenes[0] if one else scenes
 
   def _render(self, rows: Sequence[int]) -> np.ndarray:
     out = np.empty((len(rows), *self.shape[1:]), np.float32)
