@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from absl import logging
 
+from experiments import host_memory
 from jaxdissect import sharding
 from jaxdissect.report import output
 
@@ -27,6 +28,9 @@ def run_main(name: str, run: Callable[[], Any], argv: list[str],
   """Runs a script's body: UsageError exits 2, `failures` exit 1, each as one stderr line."""
   # Orbax narrates every checkpoint at INFO; keep the log to what the script does.
   logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
+  tuned = host_memory.tune_malloc()
+  if tuned:
+    logging.debug("malloc settings: %s", tuned)
   if len(argv) > 1:
     sys.exit(f"{name}: unexpected arguments {argv[1:]}; all options are --flags")
   try:

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from experiments import cli
+from experiments import cli, host_memory
 from experiments.benchmarks import proggan_world
 from experiments.benchmarks.common import ROOT, peak_rss
 from jaxdissect import dissect, driver
@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--outdir", required=True)
   parser.add_argument("--record", required=True)
   a = parser.parse_args(argv)
+  host_memory.tune_malloc()  # as every script's `cli.run_main` does
 
   start = time.perf_counter()
   gen, seg = proggan_world.generator(), proggan_world.segmenter(a.segmenter)
