@@ -64,9 +64,9 @@ def _ranking(s: class_sets.Setup) -> tuple[np.ndarray, str]:
       doc = json.load(f)
     order = np.asarray(doc["ranking"], np.int64)
     found = (doc["model"], doc["layer"], tuple(doc["classes"]))
-  except (OSError, ValueError, KeyError, TypeError) as e:
+  except (OSError, ValueError, KeyError, TypeError, OverflowError, RecursionError) as e:
     raise UsageError(f"--ablation={_ABLATION.value} is not a readable class-ablation.json "
-                     f"({e})") from None
+                     f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
   want = (s.model, s.layer, tuple(s.classifier.classes))
   units = num_units(s.classifier, s.layer)
   if found != want or order.shape != (len(want[2]), units):

@@ -107,8 +107,12 @@ def _resume(workdir: str, params: Any, opt_state: Any) -> tuple[Any, Any, int]:
   """The newest readable checkpoint in `workdir` if any, else the given fresh state at step 0."""
   settings_path = os.path.join(workdir, "settings.json")
   if os.path.exists(settings_path):
-    with open(settings_path) as f:
-      saved = json.load(f)
+    try:
+      with open(settings_path, "rb") as f:
+        saved = json.loads(f.read(1 << 20).decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+      raise SystemExit(f"{settings_path} is unreadable ({type(e).__name__}); use another "
+                       "--workdir or delete it") from None
     if saved != _settings():
       raise SystemExit(f"{workdir} holds a run with settings {saved}, not {_settings()}; "
                        "use another --workdir or delete it")

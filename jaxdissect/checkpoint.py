@@ -3,12 +3,17 @@
 Model parameters and resumable running state are stored as plain nested dicts (or NamedTuples) of
 arrays. Keeping Orbax behind two functions means a change of Orbax API is a change here only, and
 every caller gets the same clear errors for missing or damaged checkpoints.
+
+Checkpoint folders may be damaged (a disk filled up, a copy cut short), so reading one fails
+only with `CheckpointError`. Given `like`, a restore allocates exactly the arrays `like` names,
+whatever the files declare; `latest.json` is size-bounded and its fields are type-checked.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from typing import Any
 
@@ -43,7 +48,9 @@ def load(path: str, like: Any = None, *, remake: str = "") -> Any:
       like = checkpointer.metadata(path).item_metadata.tree
     return checkpointer.restore(path, _on_this_host(like))
   except Exception as e:  # Orbax raises many types for damaged files; report them uniformly.
-    raise CheckpointError(f"checkpoint at {path} is unreadable ({type(e).__name__}: {e}){hint}") from e
+    message = " ".join(str(e).split())[:300]
+    raise CheckpointError(f"checkpoint at {path} is unreadable ({type(e).__name__}: {message})"
+                          f"{hint}") from e
 
 
 def _checkpointer() -> ocp.StandardCheckpointer:
@@ -77,6 +84,8 @@ def to_numpy(tree: Any) -> Any:
 
 
 _LATEST = "latest.json"
+_MAX_LATEST_BYTES = 16 << 20  # the pointer and its meta (run settings) are a few kB
+_STATE_NAME = re.compile(r"state-[0-9]{1,18}\Z")
 
 
 def save_latest(root: str, tree: Any, meta: dict) -> str:
@@ -120,11 +129,27 @@ def latest_meta(root: str) -> dict | None:
 
 
 def _read_latest(root: str) -> dict | None:
+  """The validated `latest.json` of `root` (number, plain folder name, meta dict), or None."""
+  path = os.path.join(root, _LATEST)
   try:
-    with open(os.path.join(root, _LATEST)) as f:
-      return json.load(f)
+    with open(path, "rb") as f:
+      size = os.fstat(f.fileno()).st_size
+      if size > _MAX_LATEST_BYTES:
+        raise ValueError(f"it is {size} bytes, more than {_MAX_LATEST_BYTES}")
+      latest = json.loads(f.read().decode("utf-8"))
+    if not isinstance(latest, dict):
+      raise ValueError(f"it holds a JSON {type(latest).__name__}, not an object")
+    number, name, meta = latest.get("number"), latest.get("name"), latest.get("meta")
+    if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+      raise ValueError(f"'number' is {str(number)[:40]}, not a count")
+    if not isinstance(name, str) or not _STATE_NAME.match(name):
+      raise ValueError(f"'name' is {str(name)[:40]!r}, not a state-<i> folder name")
+    if not isinstance(meta, dict):
+      raise ValueError(f"'meta' is a {type(meta).__name__}, not an object")
+    return latest
   except FileNotFoundError:
     return None
-  except (OSError, ValueError) as e:
-    raise CheckpointError(f"{os.path.join(root, _LATEST)} is unreadable ({e}); delete {root} "
-                          "to start over") from e
+  except (OSError, ValueError, RecursionError) as e:
+    message = " ".join(str(e).split())[:300]
+    raise CheckpointError(f"{path} is unreadable ({message}); delete {root} to start over"
+                          ) from e

@@ -15,7 +15,9 @@ the same file on every machine. Hidden files and folders (names starting with '.
 macOS's `._x.jpg`) and files with other extensions are skipped.
 
 Files come from outside: anything that is not a whole image, or not the size the model needs,
-fails with an `ImageDataError`, one line naming the file.
+fails with an `ImageDataError`, one line naming the file. Declared dimensions are checked before
+any pixel is decoded: against PIL's `MAX_IMAGE_PIXELS`, and for a PNG against what its bytes can
+hold (deflate expands at most ~1032-fold), so a small file cannot make the reader allocate much.
 """
 
 from __future__ import annotations
@@ -35,6 +37,25 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 
 class ImageDataError(ValueError):
   """Images that cannot be dissected: no images, an unreadable or corrupt file, a wrong size."""
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by IHDR colour type
+_DEFLATE_RATIO = 1100  # deflate's limit is 1032:1; a little slack for headers
+
+
+def png_bomb(raw: bytes) -> str | None:
+  """Why the PNG `raw` declares more pixel bytes than its compressed data can hold, or None
+  (also for non-PNG bytes and headers too short to say)."""
+  if not raw.startswith(_PNG_SIGNATURE) or len(raw) < 29 or raw[12:16] != b"IHDR":
+    return None
+  width, height = int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")
+  depth, channels = raw[24], _PNG_CHANNELS.get(raw[25], 4)
+  declared = height * (1 + (width * channels * max(depth, 1) + 7) // 8)
+  if declared <= _DEFLATE_RATIO * len(raw) + (1 << 16):
+    return None
+  return (f"a PNG of {len(raw)} bytes declaring {width}x{height} (WxH) pixels, {declared} bytes "
+          "once inflated: more than its compressed data can hold")
 
 
 def _one_line(text: object) -> str:
@@ -64,6 +85,9 @@ def decode_image(raw: bytes, size: Sequence[int], resize: int | None, name: str 
   takes the image as it is, which must then be exactly `size`. Raises ImageDataError naming
   `name` for bytes that are not a whole image, one too large to decode, or a wrong size.
   """
+  bomb = png_bomb(raw)
+  if bomb is not None:
+    raise ImageDataError(f"{name}: {bomb}")
   try:
     image = Image.open(io.BytesIO(raw))
   except Image.DecompressionBombError as e:

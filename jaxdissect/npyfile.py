@@ -1,34 +1,75 @@
 """Reading `.npy` files from outside safely: no pickles, and no allocation the file can't back.
 
 `np.load` trusts the header: a forged shape makes it allocate whatever the header says before
-finding the data short. Latent files and a dissection's tables come from outside, so their
-header is checked against the bytes that follow it first.
+finding the data short, and a forged header length (4 bytes in format 2.0) makes it read that
+many bytes at once. Latent files and a dissection's tables come from outside, so the header
+length is bounded and the shape checked against the bytes that follow before anything is read.
 """
 
 from __future__ import annotations
 
+import io
+import math
 import os
+import struct
 
 import numpy as np
+
+MAX_HEADER_BYTES = 1 << 16  # numpy writes headers of at most a few hundred bytes
+_MAGIC = b"\x93NUMPY"
 
 
 def read_npy(path: str, error: type[Exception] = ValueError, max_bytes: int = 16 << 30
              ) -> np.ndarray:
   """The array in `path`; raises `error` (one line naming the file) for anything malformed."""
   try:
-    size = os.path.getsize(path)
-    if size > max_bytes:
-      raise ValueError(f"it is {size} bytes, more than {max_bytes}")
     with open(path, "rb") as f:
-      version = np.lib.format.read_magic(f)
-      read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-              else np.lib.format.read_array_header_2_0)
-      shape, _, dtype = read(f)
-      need = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+      size = os.fstat(f.fileno()).st_size
+      if size > max_bytes:
+        raise ValueError(f"it is {size} bytes, more than {max_bytes}")
+      shape, fortran, dtype = _header(f, size)
+      need = math.prod(shape) * dtype.itemsize
       have = size - f.tell()
-      if dtype.hasobject or need != have:
+      if need != have:
         raise ValueError(f"header says {dtype} {list(shape)} ({need} bytes) but {have} bytes "
                          "follow it")
-    return np.load(path, allow_pickle=False)
-  except (OSError, ValueError, EOFError) as e:
-    raise error(f"{path} is not a readable .npy array ({e})") from None
+      data = bytearray(need)
+      if f.readinto(data) != need:
+        raise ValueError("the file changed while it was read")
+    return np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C")
+  except (OSError, ValueError, EOFError, TypeError, struct.error, RecursionError,
+          UnicodeDecodeError) as e:
+    message = " ".join(str(e).split())[:300]
+    raise error(f"{path} is not a readable .npy array ({message})") from None
+
+
+def _header(f: io.BufferedReader, size: int) -> tuple[tuple[int, ...], bool, np.dtype]:
+  """`(shape, fortran_order, dtype)` from the header, whose length is checked before reading."""
+  head = f.read(10)
+  if len(head) < 10 or not head.startswith(_MAGIC):
+    raise ValueError(f"it does not start with the .npy magic {_MAGIC!r}")
+  major = head[6]
+  if major == 1:
+    (length,), start = struct.unpack("<H", head[8:10]), 10
+  elif major in (2, 3):
+    head += f.read(2)
+    (length,), start = struct.unpack("<I", head[8:12]), 12
+  else:
+    raise ValueError(f"unknown .npy format version {major}.{head[7]}")
+  if length > MAX_HEADER_BYTES or start + length > size:
+    raise ValueError(f"its header declares {length} bytes; at most "
+                     f"{min(MAX_HEADER_BYTES, size - start)} are possible")
+  buf = io.BytesIO(head + f.read(length))
+  version = np.lib.format.read_magic(buf)
+  read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+          else np.lib.format.read_array_header_2_0)
+  try:
+    shape, fortran, dtype = read(buf)
+  except Exception as e:  # numpy's header parser (ast, tokenize) raises many types; the header
+    # is at most MAX_HEADER_BYTES, so nothing large can be behind any of them.
+    raise ValueError(f"its header is malformed ({type(e).__name__}: {e})") from None
+  if dtype.hasobject or dtype.subdtype is not None:
+    raise ValueError(f"dtype {dtype} is not plain data")
+  if any(n < 0 for n in shape):
+    raise ValueError(f"shape {list(shape)} has a negative dimension")
+  return tuple(shape), bool(fortran), dtype

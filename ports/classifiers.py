@@ -35,6 +35,7 @@ MODULE_PREFIX = "module."
 # "/a/abbey 0": Places365's categories_places365.txt (the name after the one-letter folder).
 _INDEXED_LINE = re.compile(r"(\S+)\s+(\d+)\Z")
 _LETTER_FOLDER = re.compile(r"/[^/]/")
+MAX_CLASS_NAMES_BYTES = 16 << 20  # Places365's list is 6 kB; refused unread beyond this
 
 
 class ClassifierWeightsError(ValueError):
@@ -178,14 +179,20 @@ def read_class_names(path: str | os.PathLike) -> tuple[str, ...]:
   In the indexed form (recognised by its first line) every line is `PATH INDEX`, the indices are
   0 .. N-1 once each, and a name is its path without the leading one-letter folder
   (`/a/apartment_building/outdoor` -> `apartment_building/outdoor`, as the Places365 demo code
-  reads it). Trailing blank lines are ignored; others are errors. Raises ClassNamesError.
+  reads it). Trailing blank lines are ignored; others are errors. Raises ClassNamesError, also
+  for a file over MAX_CLASS_NAMES_BYTES (refused before it is read).
   """
   path = os.fspath(path)
   try:
-    with open(path, encoding="utf-8") as f:
-      lines = [line.strip() for line in f.read().splitlines()]
+    with open(path, "rb") as f:
+      size = os.fstat(f.fileno()).st_size
+      if size > MAX_CLASS_NAMES_BYTES:
+        raise ClassNamesError(f"{path}: {size} bytes is too large for a class-name file (at most "
+                              f"{MAX_CLASS_NAMES_BYTES})")
+      lines = [line.strip() for line in f.read().decode("utf-8").splitlines()]
   except (OSError, UnicodeDecodeError) as e:
-    raise ClassNamesError(f"{path}: cannot read class names ({type(e).__name__}: {e})") from e
+    raise ClassNamesError(f"{path}: cannot read class names ({type(e).__name__}: "
+                          f"{_short(str(e))})") from e
   while lines and not lines[-1]:
     lines.pop()
   if not lines:
@@ -198,18 +205,26 @@ def read_class_names(path: str | os.PathLike) -> tuple[str, ...]:
   return _indexed_names(path, lines)
 
 
+def _short(text: str, most: int = 80) -> str:
+  """`text` cut to `most` characters, so an error message stays one readable line."""
+  text = " ".join(text.split())
+  return text if len(text) <= most else text[:most] + "..."
+
+
 def _indexed_names(path: str, lines: list[str]) -> tuple[str, ...]:
   """The names of `/a/abbey 0` lines, in index order."""
   names: dict[int, str] = {}
   for number, line in enumerate(lines, start=1):
     m = _INDEXED_LINE.match(line)
     if m is None:
-      raise ClassNamesError(f"{path}: line {number} {line!r} is not 'NAME INDEX' like line 1 "
-                            f"{lines[0]!r}")
-    index = int(m.group(2))
+      raise ClassNamesError(f"{path}: line {number} {_short(line)!r} is not 'NAME INDEX' like "
+                            f"line 1 {_short(lines[0])!r}")
+    digits = m.group(2)
+    index = int(digits) if len(digits) <= 9 else len(lines)  # longer is out of range anyway
     if index >= len(lines) or index in names:
-      raise ClassNamesError(f"{path}: line {number} has index {index}; the {len(lines)} lines "
-                            f"must number the classes 0 .. {len(lines) - 1} once each")
+      raise ClassNamesError(f"{path}: line {number} has index {_short(digits)}; the "
+                            f"{len(lines)} lines must number the classes 0 .. {len(lines) - 1} "
+                            "once each")
     name = m.group(1)
     folder = _LETTER_FOLDER.match(name)
     names[index] = name[folder.end():] if folder and folder.end() < len(name) else name

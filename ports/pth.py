@@ -15,6 +15,15 @@ parameter rebuild functions, storage classes, `torch.Size`) map to numpy stand-i
 any other global is refused, naming it, when the pickle first refers to it, so no callable from the
 file ever runs. Tensors come back as C-contiguous `numpy.ndarray` copies with their dtype (bfloat16
 is widened to float32 exactly, as numpy has no bfloat16), shape and strided view applied.
+
+Checkpoints are downloads, so damage and malice are expected: every failure is a `PthError` naming
+the file, and nothing is allocated that the file's bytes do not back. Each pickle is first scanned
+opcode by opcode (at most `MAX_PICKLE_OPCODES`; declared lengths within the bytes left; memo
+indices numbered as a pickler numbers them) and only then unpickled from memory; zip records must
+be stored uncompressed and unencrypted (as torch writes them) and lie inside the archive; storage
+element counts are checked against the bytes present before they are read, tensor views against
+their storage, and the arrays returned total at most `4 x file size + 64 MiB` (bfloat16 widens,
+tied tensors are copied apart).
 """
 
 from __future__ import annotations
@@ -24,8 +33,10 @@ import collections
 import io
 import os
 import pickle
+import pickletools
 import struct
 import zipfile
+import zlib
 from typing import Any, BinaryIO, Callable, Mapping, NamedTuple
 
 import numpy as np
@@ -35,6 +46,10 @@ _LEGACY_PROTOCOL = 1001
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = b"\x80"
 _TAR_MAGIC_OFFSET = 257  # "ustar" sits here in a tar header
+MAX_PICKLE_OPCODES = 1 << 22  # a state dict of 1,000 tensors takes ~30,000
+_MAX_LINE = 1 << 16  # text-protocol opcodes (GLOBAL names, decimal ints) are short lines
+_MEMO_OPS = {"PUT", "BINPUT", "LONG_BINPUT"}
+_OUTPUT_SLACK = 64 << 20  # bytes of arrays a file may yield beyond 4x its size (expanded views)
 
 
 class PthError(ValueError):
@@ -197,8 +212,13 @@ def _storage_ref(pid: Any) -> _StorageRef:
     raise TypeError(f"storage key {key!r} is not a string")
   view = pid[5] if len(pid) == 6 else None
   if view is not None:
+    if not isinstance(view, tuple) or len(view) != 3:
+      raise ValueError(f"storage view {view!r} is not a (storage, offset, size) tuple")
     view = (_as_int("storage view offset", view[1]), _as_int("storage view size", view[2]))
-  return _StorageRef(key, kind, _as_int("storage size", numel), view)
+  numel = _as_int("storage size", numel)
+  if numel < 0:
+    raise ValueError(f"storage {key!r} declares {numel} elements")
+  return _StorageRef(key, kind, numel, view)
 
 
 def load(path: str | os.PathLike) -> Any:
@@ -206,32 +226,42 @@ def load(path: str | os.PathLike) -> Any:
 
   Containers (dict, OrderedDict, list, tuple) and Python scalars, strings and None come back as
   they were pickled. Raises PthError naming `path` for anything that is not a readable checkpoint
-  or that refers to a global outside the allow-list.
+  or that refers to a global outside the allow-list; sizes the file declares are checked against
+  its bytes before anything is allocated (see the module docstring).
   """
   path = os.fspath(path)
   try:
     with open(path, "rb") as f:
+      size = os.fstat(f.fileno()).st_size
       head = f.read(_TAR_MAGIC_OFFSET + 5)
       f.seek(0)
       if head.startswith(_ZIP_MAGIC):
-        obj, storages = _read_zip(f, path)
+        obj, storages = _read_zip(f, path, size)
       elif head[_TAR_MAGIC_OFFSET:] == b"ustar":
         raise PthError(f"{path}: a tar-format checkpoint (torch < 0.1.10) is not supported")
       elif head.startswith(_PICKLE_PROTO):
-        obj, storages = _read_legacy(f, path)
+        obj, storages = _read_legacy(f, path, size)
       else:
         raise PthError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a legacy "
                        f"pickle stream); it starts with {head[:8]!r}")
-    return _resolve(obj, storages, {})
+    return _resolve(obj, storages, {}, _Budget(4 * size + _OUTPUT_SLACK))
   except PthError:
     raise
   except OSError as e:
     raise PthError(f"{path}: cannot read the file: {e}") from e
+  # zipfile raises NotImplementedError for unknown versions and methods and RuntimeError for
+  # encryption; RecursionError (a RuntimeError) comes from absurdly nested containers.
   except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, TypeError, KeyError,
-          IndexError, AttributeError, OverflowError, RecursionError, struct.error,
-          UnicodeDecodeError) as e:
+          IndexError, AttributeError, OverflowError, RuntimeError, NotImplementedError,
+          struct.error, UnicodeDecodeError, zlib.error) as e:
     raise PthError(f"{path}: corrupt or unsupported PyTorch checkpoint: "
-                   f"{type(e).__name__}: {e}") from e
+                   f"{type(e).__name__}: {_one_line(e)}") from e
+
+
+def _one_line(e: BaseException) -> str:
+  """An exception's message on one line, cut to a readable length."""
+  text = " ".join(str(e).split())
+  return text if len(text) <= 300 else text[:300] + "..."
 
 
 def load_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str, np.ndarray]:
@@ -270,61 +300,143 @@ def _check_state_dict(obj: Any, path: str) -> dict[str, np.ndarray]:
 # --- The two file layouts ---------------------------------------------------------------------
 
 
-def _read_zip(f: BinaryIO, path: str) -> tuple[Any, dict[str, np.ndarray]]:
+def _read_zip(f: BinaryIO, path: str, size: int) -> tuple[Any, dict[str, np.ndarray]]:
   """Unpickles `<folder>/data.pkl`, then reads each referenced storage record once."""
   with zipfile.ZipFile(f) as zf:
-    names = set(zf.namelist())
+    infos = {info.filename: info for info in zf.infolist()}
+    names = set(infos)
     pickles = sorted(n for n in names if n.endswith("/data.pkl") and n.count("/") == 1)
     if not pickles:
+      listed = ", ".join(repr(n)[:80] for n in sorted(names)[:10])
       raise PthError(f"{path}: a zip archive without a '<folder>/data.pkl' record, so not a "
-                     f"torch.save file; records: {', '.join(sorted(names)[:10])}")
+                     f"torch.save file; records: {listed}")
     prefix = pickles[0][:-len("data.pkl")]
     if prefix + "constants.pkl" in names:
       raise PthError(f"{path}: a TorchScript archive (torch.jit.save); only torch.save files "
                      f"are supported")
-    byteorder = zf.read(prefix + "byteorder").decode("ascii") if (
-        prefix + "byteorder") in names else "little"
+    read = lambda name, most: _read_record(zf, infos[name], size, most, path)
+    byteorder = "little"
+    if prefix + "byteorder" in names:
+      byteorder = read(prefix + "byteorder", 16).decode("ascii")
     if byteorder not in ("little", "big"):
       raise PthError(f"{path}: unknown byteorder record {byteorder!r}; expected 'little' or 'big'")
-    unpickler = _Unpickler(io.BytesIO(zf.read(prefix + "data.pkl")), path)
+    pickled = read(prefix + "data.pkl", size)
+    unpickler = _Unpickler(io.BytesIO(_scan_pickle(_Bounded(io.BytesIO(pickled), len(pickled)),
+                                                   path)), path)
     obj = unpickler.load()
     storages = {}
     for key, ref in unpickler.storages.items():
       record = f"{prefix}data/{key}"
       if record not in names:
         raise PthError(f"{path}: missing storage record {record!r} for tensor storage {key!r}")
-      storages[key] = _decode(zf.read(record), ref, byteorder, f"record {record!r}")
+      need = ref.numel * ref.kind.dtype.itemsize
+      if infos[record].file_size < need:
+        raise PthError(f"{path}: storage {key!r} declares {ref.numel} elements ({need} bytes) "
+                       f"but its record {record!r} holds {infos[record].file_size} bytes")
+      storages[key] = _decode(read(record, need), ref, byteorder, f"record {record!r}")
   return obj, storages
 
 
-def _read_legacy(f: BinaryIO, path: str) -> tuple[Any, dict[str, np.ndarray]]:
+def _read_record(zf: zipfile.ZipFile, info: zipfile.ZipInfo, size: int, most: int,
+                 path: str) -> bytes:
+  """The bytes of one zip record, after checking it is stored plainly, inside the archive."""
+  what = f"{path}: record {info.filename!r}"
+  if info.flag_bits & 0x1:
+    raise PthError(f"{what} is encrypted; torch.save never encrypts")
+  if info.compress_type != zipfile.ZIP_STORED:
+    raise PthError(f"{what} is compressed (zip method {info.compress_type}); torch.save stores "
+                   f"records uncompressed")
+  if info.compress_size != info.file_size or info.header_offset + info.file_size > size:
+    raise PthError(f"{what} declares {info.file_size} bytes at offset {info.header_offset}, "
+                   f"which the {size}-byte archive cannot hold")
+  if info.file_size > most:
+    raise PthError(f"{what} holds {info.file_size} bytes, more than the {most} it may")
+  return zf.read(info)
+
+
+def _read_legacy(f: BinaryIO, path: str, size: int) -> tuple[Any, dict[str, np.ndarray]]:
   """Reads the pre-1.6 stream: header pickles, main pickle, key list, counted raw storages."""
-  if _Unpickler(f, path).load() != _LEGACY_MAGIC:
+  def unpickler() -> _Unpickler:
+    return _Unpickler(io.BytesIO(_scan_pickle(_Bounded(f, size), path)), path)
+
+  if unpickler().load() != _LEGACY_MAGIC:
     raise PthError(f"{path}: a pickle, but not a PyTorch checkpoint (bad magic number)")
-  version = _Unpickler(f, path).load()
+  version = unpickler().load()
   if version != _LEGACY_PROTOCOL:
     raise PthError(f"{path}: unsupported legacy protocol version {version!r}; expected "
                    f"{_LEGACY_PROTOCOL}")
-  _Unpickler(f, path).load()  # sys_info: byte order and C type sizes of the saving machine
-  unpickler = _Unpickler(f, path)
-  obj = unpickler.load()
-  keys = _Unpickler(f, path).load()
+  unpickler().load()  # sys_info: byte order and C type sizes of the saving machine
+  main = unpickler()
+  obj = main.load()
+  keys = unpickler().load()
   if not isinstance(keys, list):
     raise PthError(f"{path}: expected the list of storage keys after the pickle, found a "
                    f"{type(keys).__name__}")
   storages = {}
   for key in keys:
-    ref = unpickler.storages.get(key)
+    ref = main.storages.get(key) if isinstance(key, str) else None
     if ref is None:
       raise PthError(f"{path}: storage {key!r} is in the file but no tensor refers to it")
     (count,) = struct.unpack("<q", _read_exactly(f, 8, f"the size of storage {key!r}"))
     itemsize = ref.kind.dtype.itemsize
     data = _read_exactly(f, count * itemsize, f"storage {key!r} ({count} elements)")
     storages[key] = _decode(data, ref, "little", f"storage {key!r}")
-  missing = sorted(set(unpickler.storages) - set(storages))
+  missing = sorted(set(main.storages) - set(storages))
   if missing:
     raise PthError(f"{path}: missing data for storage(s) {', '.join(map(repr, missing))}")
   return obj, storages
+
+
+class _Bounded:
+  """A read-only view of a file for the pickle scan: reads are cut to the bytes that are left
+  and lines to `_MAX_LINE`, so a declared length never becomes an allocation."""
+
+  def __init__(self, f: BinaryIO, size: int):
+    self._f, self._size = f, size
+
+  def left(self) -> int:
+    return max(0, self._size - self._f.tell())
+
+  def read(self, n: int = -1) -> bytes:
+    left = self.left()
+    return self._f.read(left if n < 0 else min(n, left))
+
+  def readline(self) -> bytes:
+    return self._f.readline(_MAX_LINE)
+
+  def tell(self) -> int:
+    return self._f.tell()
+
+  def seek(self, offset: int) -> None:
+    self._f.seek(offset)
+
+
+def _scan_pickle(f: _Bounded, path: str) -> bytes:
+  """The bytes of the one pickle starting at `f`'s position, read after a dry scan of its opcodes.
+
+  The C unpickler allocates what a length field or memo index says before looking at the data;
+  the scan (pickletools, which reads what is there) refuses a length beyond the bytes left, a
+  memo index a pickler would not have written, and more than MAX_PICKLE_OPCODES opcodes.
+  """
+  start, puts = f.tell(), 0
+  for count, (op, arg, pos) in enumerate(pickletools.genops(f)):
+    if count >= MAX_PICKLE_OPCODES:
+      raise PthError(f"{path}: the pickle at byte {start} has more than {MAX_PICKLE_OPCODES} "
+                     f"opcodes; a state dict needs far fewer")
+    if op.name in _MEMO_OPS:
+      if not isinstance(arg, int) or not 0 <= arg <= puts:
+        raise PthError(f"{path}: pickle memo index {arg!r} at byte {pos}; a pickler numbers "
+                       f"them 0 .. {puts} here")
+      puts += 1
+    elif op.name == "MEMOIZE":
+      puts += 1
+    elif op.name == "FRAME" and arg > f.left():
+      raise PthError(f"{path}: pickle frame of {arg} bytes at byte {pos} runs past the end")
+  end = f.tell()
+  f.seek(start)
+  data = f.read(end - start)
+  f.seek(end)
+  return data
 
 
 def _read_exactly(f: BinaryIO, n: int, what: str) -> bytes:
@@ -356,23 +468,40 @@ def _decode(data: bytes, ref: _StorageRef, byteorder: str, what: str) -> np.ndar
 # --- From references to arrays ----------------------------------------------------------------
 
 
-def _resolve(obj: Any, storages: dict[str, np.ndarray], memo: dict[int, Any]) -> Any:
+class _Budget:
+  """Bytes of arrays one load may still produce; overlapping or broadcast views of a storage
+  could otherwise turn a small file into any amount of memory."""
+
+  def __init__(self, left: int):
+    self.left = left
+
+  def spend(self, nbytes: int, what: str) -> None:
+    if nbytes > self.left:
+      raise ValueError(f"{what} needs {nbytes} more bytes of arrays than the file's size "
+                       f"justifies ({self.left} left)")
+    self.left -= nbytes
+
+
+def _resolve(obj: Any, storages: dict[str, np.ndarray], memo: dict[int, Any],
+             budget: _Budget) -> Any:
   """`obj` with tensor and storage references replaced by arrays; shares and cycles kept."""
   if id(obj) in memo:
     return memo[id(obj)]
   if isinstance(obj, _TensorRef):
-    out = memo[id(obj)] = _tensor(obj, storages)
+    out = memo[id(obj)] = _tensor(obj, storages, budget)
   elif isinstance(obj, _StorageRef):
-    out = memo[id(obj)] = _storage(obj, storages).copy()
+    data = _storage(obj, storages)
+    budget.spend(data.nbytes, f"storage {obj.key!r}")
+    out = memo[id(obj)] = data.copy()
   elif isinstance(obj, dict):
     out = memo[id(obj)] = obj
     for k, v in list(obj.items()):
-      obj[k] = _resolve(v, storages, memo)
+      obj[k] = _resolve(v, storages, memo, budget)
   elif isinstance(obj, list):
     out = memo[id(obj)] = obj
-    obj[:] = [_resolve(v, storages, memo) for v in obj]
+    obj[:] = [_resolve(v, storages, memo, budget) for v in obj]
   elif type(obj) is tuple:
-    out = memo[id(obj)] = tuple(_resolve(v, storages, memo) for v in obj)
+    out = memo[id(obj)] = tuple(_resolve(v, storages, memo, budget) for v in obj)
   else:
     out = obj
   return out
@@ -390,19 +519,25 @@ def _storage(ref: _StorageRef, storages: dict[str, np.ndarray]) -> np.ndarray:
   return data[start:start + size]
 
 
-def _tensor(ref: _TensorRef, storages: dict[str, np.ndarray]) -> np.ndarray:
+def _tensor(ref: _TensorRef, storages: dict[str, np.ndarray], budget: _Budget) -> np.ndarray:
   """A C-contiguous copy of the strided view a tensor reference describes, bounds-checked."""
   data = _storage(ref.storage, storages)
   size, stride, offset = ref.size, ref.stride, ref.offset
   if any(n < 0 for n in size):
     raise ValueError(f"tensor size {list(size)} has a negative dimension")
-  if 0 in size:
+  numel = 1
+  for n in size:
+    numel *= n
+  if numel == 0:
+    if len(size) > 64:
+      raise ValueError(f"tensor has {len(size)} dimensions; numpy allows at most 64")
     out = np.zeros(size, data.dtype)
   else:
     last = offset + sum((n - 1) * s for n, s in zip(size, stride))
     if offset < 0 or min(stride, default=0) < 0 or last >= data.size:
       raise ValueError(f"tensor of size {list(size)}, stride {list(stride)} and offset {offset} "
                        f"reaches outside storage {ref.storage.key!r} of {data.size} elements")
+    budget.spend(numel * data.itemsize, f"tensor of size {list(size)}")
     view = np.lib.stride_tricks.as_strided(
         data[offset:], size, [s * data.itemsize for s in stride], writeable=False)
     out = view.copy(order="C")

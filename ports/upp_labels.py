@@ -15,12 +15,18 @@ quad else 1:
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Mapping, NamedTuple
 
 # The only owners whose parts netdissect's GAN dissection uses, in its numbering order.
 DEFAULT_PART_OWNERS = ("sky", "building", "person")
 QUAD_SUFFIXES = ("t", "l", "b", "r")  # label offsets N, 2N, 3N, 4N
 CATEGORIES = ("object", "part", "material")  # the original's category list, in its order
+MAX_LABELS_BYTES = 16 << 20  # the published labels.json is 20 kB; refused unread beyond this
+
+
+class LabelsError(ValueError):
+  """A `labels.json` (or labels dict) the segmenter cannot use; one line naming it."""
 
 
 class Owner(NamedTuple):
@@ -58,26 +64,54 @@ class LabelSpace(NamedTuple):
 
 
 def read_labels(path: str) -> dict[str, Any]:
-  """The `labels.json` of a unified-parsing model: `object`, `material`, `object_part`, ..."""
-  with open(path, encoding="utf-8") as f:
-    labels = json.load(f)
+  """The `labels.json` of a unified-parsing model: `object`, `material`, `object_part`, ...
+
+  Raises LabelsError naming `path` for a file that is unreadable, too large, not JSON (or nested
+  beyond the parser's depth) or not shaped as check_labels requires.
+  """
+  try:
+    with open(path, "rb") as f:
+      size = os.fstat(f.fileno()).st_size
+      if size > MAX_LABELS_BYTES:
+        raise LabelsError(f"{path}: {size} bytes is too large for a labels.json (at most "
+                          f"{MAX_LABELS_BYTES})")
+      labels = json.loads(f.read().decode("utf-8"))
+  except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+    if isinstance(e, LabelsError):
+      raise
+    text = " ".join(str(e).split())[:200]
+    raise LabelsError(f"{path}: not a readable labels.json ({type(e).__name__}: {text})"
+                      ) from None
   check_labels(labels, path)
   return labels
 
 
 def check_labels(labels: Mapping[str, Any], where: str = "labels") -> None:
-  """Raises ValueError unless `labels` has the keys and structure the segmenter relies on."""
+  """Raises LabelsError unless `labels` has the keys and structure the segmenter relies on:
+  `object` and `material` lists of names starting with '-', `object_part` mapping owners from
+  the object list to lists of part names."""
+  if not isinstance(labels, Mapping):
+    raise LabelsError(f"{where} is a {type(labels).__name__}, not a JSON object")
   for key in ("object", "material", "object_part"):
     if key not in labels:
-      raise ValueError(f"{where} has no {key!r} entry; keys are: {', '.join(map(repr, labels))}")
+      keys = ", ".join(repr(k)[:40] for k in list(labels)[:20])
+      raise LabelsError(f"{where} has no {key!r} entry; keys are: {keys}")
   for key in ("object", "material"):
-    if not labels[key] or labels[key][0] != "-":
-      raise ValueError(f"{where}: {key!r} list must start with '-', got "
-                       f"{list(labels[key][:3])!r}...")
-  unknown = [o for o in labels["object_part"] if o not in labels["object"]]
+    names = labels[key]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+      raise LabelsError(f"{where}: {key!r} should be a list of names")
+    if not names or names[0] != "-":
+      raise LabelsError(f"{where}: {key!r} list must start with '-', got "
+                        f"{[n[:40] for n in names[:3]]!r}...")
+  parts = labels["object_part"]
+  if not isinstance(parts, Mapping) or not all(
+      isinstance(v, list) and all(isinstance(p, str) for p in v) for v in parts.values()):
+    raise LabelsError(f"{where}: 'object_part' should map owners to lists of part names")
+  objects = set(labels["object"])
+  unknown = [o for o in parts if o not in objects]
   if unknown:
-    raise ValueError(f"{where}: object_part owner(s) {', '.join(map(repr, unknown))} are not in "
-                     f"the object list")
+    owners = ", ".join(repr(o)[:40] for o in unknown[:5])
+    raise LabelsError(f"{where}: object_part owner(s) {owners} are not in the object list")
 
 
 def label_space(labels: Mapping[str, Any], *, quad: bool = True,

@@ -4,6 +4,8 @@ Every consumer of a dissection folder (the causal scripts, the paint server, the
 reads it through `read_dissection`, so the document is validated in one place and a malformed or
 hostile file fails fast with `DissectionReadError` naming what is wrong, never with a KeyError
 deep inside a script. The JSON itself is the contract of design §4; this module only reads it.
+Files larger than MAX_DOC_BYTES are refused before they are read, and JSON nested too deeply for
+the parser (a RecursionError) is a DissectionReadError like any other malformed document.
 """
 
 from __future__ import annotations
@@ -115,31 +117,41 @@ def read_dissection(folder: str) -> Dissection:
   if not os.path.isfile(path):
     raise DissectionReadError(f"{folder} has no dissect.json; run experiments.dissect first")
   try:
-    size = os.path.getsize(path)
+    doc = _read_json(path)
+  except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+    if isinstance(e, DissectionReadError):
+      raise
+    raise DissectionReadError(f"{path} is not a readable JSON document ({_one_line(e)})"
+                              ) from None
+  return parse_dissection(doc, folder, path)
+
+
+def _read_json(path: str) -> Any:
+  """The JSON document at `path`, refused unread when larger than MAX_DOC_BYTES."""
+  with open(path, "rb") as f:
+    size = os.fstat(f.fileno()).st_size
     if size > MAX_DOC_BYTES:
       raise DissectionReadError(f"{path} is {size} bytes, more than the {MAX_DOC_BYTES} a "
                                 "dissection document can be")
-    with open(path, "rb") as f:
-      doc = json.loads(f.read().decode("utf-8"))
-  except (OSError, UnicodeDecodeError, ValueError) as e:
-    if isinstance(e, DissectionReadError):
-      raise
-    raise DissectionReadError(f"{path} is not a readable JSON document ({e})") from None
-  return parse_dissection(doc, folder, path)
+    return json.loads(f.read().decode("utf-8"))
+
+
+def _one_line(e: BaseException) -> str:
+  text = " ".join(str(e).split())
+  return text if len(text) <= 300 else text[:300] + "..."
 
 
 def read_unit_set(path: str) -> tuple[str, str, np.ndarray]:
   """`(layer, concept, alpha [C] float32)` of a learned unit set (`units-<concept>.json`, written
   by `experiments.optimize_units` beside the dissection); DissectionReadError if malformed."""
   try:
-    with open(path, "rb") as f:
-      learned = _mapping(json.loads(f.read(MAX_DOC_BYTES).decode("utf-8")), path)
+    learned = _mapping(_read_json(path), path)
     alpha = np.asarray([_float(a, path) for a in _list(learned, "alpha", path)], np.float32)
     return _text(learned, "layer", path), _text(learned, "concept", path), alpha
-  except (OSError, UnicodeDecodeError, ValueError) as e:
+  except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
     if isinstance(e, DissectionReadError):
       raise
-    raise DissectionReadError(f"{path} is not a readable unit set ({e})") from None
+    raise DissectionReadError(f"{path} is not a readable unit set ({_one_line(e)})") from None
 
 
 def read_folder(folder: str) -> Dissection:
@@ -149,11 +161,14 @@ def read_folder(folder: str) -> Dissection:
   from jaxdissect.report import html  # pylint: disable=g-import-not-at-top (html -> dissect)
   path = os.path.join(folder, html.REPORT_NAME)
   try:
-    with open(path, encoding="utf-8") as f:
-      doc = html.embedded_doc(f.read())
-  except (OSError, UnicodeDecodeError, ValueError) as e:
+    with open(path, "rb") as f:
+      page = f.read(MAX_DOC_BYTES + 1)
+    if len(page) > MAX_DOC_BYTES:
+      raise ValueError(f"it is more than {MAX_DOC_BYTES} bytes")
+    doc = html.embedded_doc(page.decode("utf-8"))
+  except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
     raise DissectionReadError(f"{folder} has neither dissect.json nor a readable "
-                              f"{html.REPORT_NAME} ({e})") from None
+                              f"{html.REPORT_NAME} ({_one_line(e)})") from None
   return parse_dissection(doc, folder, path)
 
 
