@@ -10,11 +10,13 @@ A spec is one of (tried in this order):
   1. A registered name: generators `sceneworld` (the default: its trained weights ship inside the
      package, so a first run needs no files and no network), `planted` and `facegan` (a real 64x64
      face DCGAN whose weights come with `pip install --no-deps gan-face-generate`); segmenters
-     `sceneworld`, `planted` and `color` (weightless, for any generator's images); classifiers
-     `sceneworld` (a small VGG of the scene world's scene classes, weights in the package).
-     Libraries add names with `register_generator` / `register_segmenter`.
+     `sceneworld`, `planted`, `color` (weightless, for any generator's images) and `faceparts`
+     (face parts from the trained models of `pip install --no-deps mediapipe==0.10.21`);
+     classifiers `sceneworld` (a small VGG of the scene world's scene classes, weights in the
+     package). Libraries add names with `register_generator` / `register_segmenter`.
   2. `KIND:ARGS`, a port's checkpoint, where KIND is registered in `KINDS` (`register_kind`):
-     `proggan:PATH.pth`, `facegan:PATH`, `semseg:ENC.pth,DEC.pth,ARCH`, `upp:FOLDER`; for
+     `proggan:PATH.pth`, `facegan:PATH`, `stylegan2:PATH.pkl` (an NVlabs StyleGAN2-ADA snapshot,
+     read without running its embedded code), `semseg:ENC.pth,DEC.pth,ARCH`, `upp:FOLDER`; for
      classifiers (`load_classifier`) `vgg16:PATH`, `vgg16_places365:PATH` (365 classes),
      `resnet18:PATH`, `resnet50:PATH` (torchvision or Places365 `.pth` layouts).
   3. `package.module:factory` (any other `PREFIX:NAME` whose parts are dotted Python names): the
@@ -103,6 +105,11 @@ def _color_segmenter() -> Segmenter:
   return colorseg.make_segmenter()
 
 
+def _faceparts_segmenter(threshold: float = 0.5, softness: float = 0.5) -> Segmenter:
+  from ports import faceparts  # pylint: disable=g-import-not-at-top
+  return faceparts.load(threshold=threshold, softness=softness)
+
+
 def _sceneworld_classifier() -> Classifier:
   from jaxdissect.sceneworld import classifier  # pylint: disable=g-import-not-at-top
   return classifier.load_classifier()
@@ -138,6 +145,12 @@ def _facegan_kind(path: str) -> Generator:
   full = _file(path)
   from ports import facegan  # pylint: disable=g-import-not-at-top
   return facegan.load(full)
+
+
+def _stylegan2_kind(path: str, **options: Any) -> Generator:
+  full = _file(path)
+  from ports import stylegan2  # pylint: disable=g-import-not-at-top
+  return stylegan2.load(full, **options)
 
 
 def _semseg_kind(args: str, **options: Any) -> Segmenter:
@@ -194,6 +207,7 @@ SEGMENTERS: dict[str, Callable[..., Segmenter]] = {
     "sceneworld": _sceneworld_segmenter,
     "planted": _planted_segmenter,
     "color": _color_segmenter,
+    "faceparts": _faceparts_segmenter,
 }
 CLASSIFIERS: dict[str, Callable[..., Classifier]] = {
     "sceneworld": _sceneworld_classifier,
@@ -209,6 +223,7 @@ DEFAULT_SEGMENTERS: dict[str, str] = {
 KINDS: dict[str, Kind] = {
     "proggan": Kind("proggan:PATH.pth", generator=_proggan_kind),
     "facegan": Kind("facegan:PATH", generator=_facegan_kind, default_segmenter="color"),
+    "stylegan2": Kind("stylegan2:PATH.pkl", generator=_stylegan2_kind),
     "semseg": Kind("semseg:ENC.pth,DEC.pth,ARCH", segmenter=_semseg_kind),
     "upp": Kind("upp:FOLDER", segmenter=_upp_kind),
     "vgg16": Kind("vgg16:PATH", classifier=_vgg16_kind),
