@@ -21,6 +21,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxdissect import smallfile
+
 
 class CheckpointError(RuntimeError):
   """A checkpoint is missing or unreadable; the message names the path and how to remake it."""
@@ -132,11 +134,7 @@ def _read_latest(root: str) -> dict | None:
   """The validated `latest.json` of `root` (number, plain folder name, meta dict), or None."""
   path = os.path.join(root, _LATEST)
   try:
-    with open(path, "rb") as f:
-      size = os.fstat(f.fileno()).st_size
-      if size > _MAX_LATEST_BYTES:
-        raise ValueError(f"it is {size} bytes, more than {_MAX_LATEST_BYTES}")
-      latest = json.loads(f.read().decode("utf-8"))
+    latest = smallfile.read_json(path, _MAX_LATEST_BYTES, _LATEST)
     if not isinstance(latest, dict):
       raise ValueError(f"it holds a JSON {type(latest).__name__}, not an object")
     number, name, meta = latest.get("number"), latest.get("name"), latest.get("meta")

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdissect import smallfile
 from jaxdissect.classifier import Classifier, check_images
 from jaxdissect.model import Edit, apply_edit, check_edits, check_layers
 from ports import semseg
@@ -184,15 +185,11 @@ def read_class_names(path: str | os.PathLike) -> tuple[str, ...]:
   """
   path = os.fspath(path)
   try:
-    with open(path, "rb") as f:
-      size = os.fstat(f.fileno()).st_size
-      if size > MAX_CLASS_NAMES_BYTES:
-        raise ClassNamesError(f"{path}: {size} bytes is too large for a class-name file (at most "
-                              f"{MAX_CLASS_NAMES_BYTES})")
-      lines = [line.strip() for line in f.read().decode("utf-8").splitlines()]
-  except (OSError, UnicodeDecodeError) as e:
+    data = smallfile.read_bytes(path, MAX_CLASS_NAMES_BYTES, "class-name file")
+    lines = [line.strip() for line in data.decode("utf-8").splitlines()]
+  except (OSError, UnicodeDecodeError, smallfile.FileTooLarge) as e:
     raise ClassNamesError(f"{path}: cannot read class names ({type(e).__name__}: "
-                          f"{_short(str(e))})") from e
+                          f"{smallfile.one_line(e, 80)})") from e
   while lines and not lines[-1]:
     lines.pop()
   if not lines:
@@ -205,24 +202,18 @@ def read_class_names(path: str | os.PathLike) -> tuple[str, ...]:
   return _indexed_names(path, lines)
 
 
-def _short(text: str, most: int = 80) -> str:
-  """`text` cut to `most` characters, so an error message stays one readable line."""
-  text = " ".join(text.split())
-  return text if len(text) <= most else text[:most] + "..."
-
-
 def _indexed_names(path: str, lines: list[str]) -> tuple[str, ...]:
   """The names of `/a/abbey 0` lines, in index order."""
   names: dict[int, str] = {}
   for number, line in enumerate(lines, start=1):
     m = _INDEXED_LINE.match(line)
     if m is None:
-      raise ClassNamesError(f"{path}: line {number} {_short(line)!r} is not 'NAME INDEX' like "
-                            f"line 1 {_short(lines[0])!r}")
+      raise ClassNamesError(f"{path}: line {number} {smallfile.one_line(line, 80)!r} is not 'NAME INDEX' like "
+                            f"line 1 {smallfile.one_line(lines[0], 80)!r}")
     digits = m.group(2)
     index = int(digits) if len(digits) <= 9 else len(lines)  # longer is out of range anyway
     if index >= len(lines) or index in names:
-      raise ClassNamesError(f"{path}: line {number} has index {_short(digits)}; the "
+      raise ClassNamesError(f"{path}: line {number} has index {smallfile.one_line(digits, 80)}; the "
                             f"{len(lines)} lines must number the classes 0 .. {len(lines) - 1} "
                             "once each")
     name = m.group(1)

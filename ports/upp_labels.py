@@ -14,9 +14,9 @@ quad else 1:
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any, Mapping, NamedTuple
+
+from jaxdissect import smallfile
 
 # The only owners whose parts netdissect's GAN dissection uses, in its numbering order.
 DEFAULT_PART_OWNERS = ("sky", "building", "person")
@@ -70,18 +70,10 @@ def read_labels(path: str) -> dict[str, Any]:
   beyond the parser's depth) or not shaped as check_labels requires.
   """
   try:
-    with open(path, "rb") as f:
-      size = os.fstat(f.fileno()).st_size
-      if size > MAX_LABELS_BYTES:
-        raise LabelsError(f"{path}: {size} bytes is too large for a labels.json (at most "
-                          f"{MAX_LABELS_BYTES})")
-      labels = json.loads(f.read().decode("utf-8"))
+    labels = smallfile.read_json(path, MAX_LABELS_BYTES, "labels.json")
   except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-    if isinstance(e, LabelsError):
-      raise
-    text = " ".join(str(e).split())[:200]
-    raise LabelsError(f"{path}: not a readable labels.json ({type(e).__name__}: {text})"
-                      ) from None
+    raise LabelsError(f"{path}: not a readable labels.json ({type(e).__name__}: "
+                      f"{smallfile.one_line(e)})") from None
   check_labels(labels, path)
   return labels
 

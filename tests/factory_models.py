@@ -71,3 +71,17 @@ def make_classifier(width: int = 4, size: int = 16, classes: int = 3, seed: int 
 
   return Classifier(apply_fn, params, CLASSIFIER_LAYERS, tuple(f"class{i}" for i in range(classes)),
                     shape)
+
+
+def face_gan_images(n: int, seed: int) -> jax.Array:
+  """`n` images of the trained face GAN (`gan-face-generate`), in [-1, 1]; skips the calling
+  test when the package or its weights are not installed."""
+  import pytest  # pylint: disable=g-import-not-at-top (only the face tests need it)
+  facegan = pytest.importorskip("ports.facegan")
+  from jaxdissect import zsample  # pylint: disable=g-import-not-at-top
+  try:
+    gen = facegan.load()
+  except (ValueError, OSError) as e:
+    pytest.skip(f"the face GAN's weights are not installed: {e}")
+  images, _ = jax.jit(gen.apply_fn)(gen.params, zsample.standard_z(n, seed=seed, dim=facegan.ZDIM))
+  return images

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from factory_models import face_gan_images
 from jaxdissect import zoo
 from ports import faceparts
 
@@ -116,13 +117,7 @@ def segmenter():
 
 @needs_wheel
 def test_face_gan_images_and_blank_images(segmenter):
-  facegan = pytest.importorskip("ports.facegan")
-  from jaxdissect import zsample
-  try:
-    gen = facegan.load()
-  except (ValueError, OSError) as e:
-    pytest.skip(f"the face GAN's weights are not installed: {e}")
-  faces, _ = jax.jit(gen.apply_fn)(gen.params, zsample.standard_z(2, seed=0, dim=facegan.ZDIM))
+  faces = face_gan_images(2, seed=0)
   blank = jnp.zeros((1, 64, 64, 3))  # uniform grey: no face
   images = jnp.concatenate([faces, blank])
   labels = np.asarray(segmenter.label_fn(segmenter.params, images))

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from factory_models import face_gan_images
 from ports import tflite_format, tflite_graph
 from ports.tflite_format import TFLiteError
 
@@ -37,14 +38,7 @@ def _path(name):
 @pytest.fixture(scope="module")
 def face_images():
   """Two 64x64 images of the trained face GAN, in [0, 1]."""
-  facegan = pytest.importorskip("ports.facegan")
-  from jaxdissect import zsample
-  try:
-    gen = facegan.load()
-  except (ValueError, OSError) as e:
-    pytest.skip(f"the face GAN's weights are not installed: {e}")
-  image, _ = jax.jit(gen.apply_fn)(gen.params, zsample.standard_z(2, seed=5, dim=facegan.ZDIM))
-  return (np.asarray(image) + 1.0) / 2.0
+  return (np.asarray(face_gan_images(2, seed=5)) + 1.0) / 2.0
 
 
 def _inputs(name, images, shape):

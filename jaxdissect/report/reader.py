@@ -10,13 +10,13 @@ the parser (a RecursionError) is a DissectionReadError like any other malformed 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
+from jaxdissect import smallfile
 from jaxdissect.npyfile import read_npy
 
 MAX_DOC_BYTES = 256 << 20  # a dissect.json of 100 layers x 4096 units is ~60 MB
@@ -117,41 +117,26 @@ def read_dissection(folder: str) -> Dissection:
   if not os.path.isfile(path):
     raise DissectionReadError(f"{folder} has no dissect.json; run experiments.dissect first")
   try:
-    doc = _read_json(path)
+    doc = smallfile.read_json(path, MAX_DOC_BYTES, "dissection document")
   except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
     if isinstance(e, DissectionReadError):
       raise
-    raise DissectionReadError(f"{path} is not a readable JSON document ({_one_line(e)})"
+    raise DissectionReadError(f"{path} is not a readable JSON document ({smallfile.one_line(e, 300)})"
                               ) from None
   return parse_dissection(doc, folder, path)
-
-
-def _read_json(path: str) -> Any:
-  """The JSON document at `path`, refused unread when larger than MAX_DOC_BYTES."""
-  with open(path, "rb") as f:
-    size = os.fstat(f.fileno()).st_size
-    if size > MAX_DOC_BYTES:
-      raise DissectionReadError(f"{path} is {size} bytes, more than the {MAX_DOC_BYTES} a "
-                                "dissection document can be")
-    return json.loads(f.read().decode("utf-8"))
-
-
-def _one_line(e: BaseException) -> str:
-  text = " ".join(str(e).split())
-  return text if len(text) <= 300 else text[:300] + "..."
 
 
 def read_unit_set(path: str) -> tuple[str, str, np.ndarray]:
   """`(layer, concept, alpha [C] float32)` of a learned unit set (`units-<concept>.json`, written
   by `experiments.optimize_units` beside the dissection); DissectionReadError if malformed."""
   try:
-    learned = _mapping(_read_json(path), path)
+    learned = _mapping(smallfile.read_json(path, MAX_DOC_BYTES, "dissection document"), path)
     alpha = np.asarray([_float(a, path) for a in _list(learned, "alpha", path)], np.float32)
     return _text(learned, "layer", path), _text(learned, "concept", path), alpha
   except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
     if isinstance(e, DissectionReadError):
       raise
-    raise DissectionReadError(f"{path} is not a readable unit set ({_one_line(e)})") from None
+    raise DissectionReadError(f"{path} is not a readable unit set ({smallfile.one_line(e, 300)})") from None
 
 
 def read_folder(folder: str) -> Dissection:
@@ -161,14 +146,10 @@ def read_folder(folder: str) -> Dissection:
   from jaxdissect.report import html  # pylint: disable=g-import-not-at-top (html -> dissect)
   path = os.path.join(folder, html.REPORT_NAME)
   try:
-    with open(path, "rb") as f:
-      page = f.read(MAX_DOC_BYTES + 1)
-    if len(page) > MAX_DOC_BYTES:
-      raise ValueError(f"it is more than {MAX_DOC_BYTES} bytes")
-    doc = html.embedded_doc(page.decode("utf-8"))
+    doc = html.embedded_doc(smallfile.read_bytes(path, MAX_DOC_BYTES, "report").decode("utf-8"))
   except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
     raise DissectionReadError(f"{folder} has neither dissect.json nor a readable "
-                              f"{html.REPORT_NAME} ({_one_line(e)})") from None
+                              f"{html.REPORT_NAME} ({smallfile.one_line(e, 300)})") from None
   return parse_dissection(doc, folder, path)
 
 
