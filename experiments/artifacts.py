@@ -33,7 +33,7 @@ from experiments.dissection_io import header, open_dissection, pick_layer, resul
 from experiments.progress import progress_hook
 from jaxdissect import intervene, realism
 from jaxdissect.latents import seeded
-from jaxdissect.model import Generator, Segmenter
+from jaxdissect.model import Generator, Segmenter, probabilities_of
 from jaxdissect.report import svg
 
 _DISSECTION = flags.DEFINE_string("dissection", "results/dissect-sceneworld",
@@ -64,7 +64,8 @@ def feature_fn(kind: str, model: str, seg: Segmenter) -> Callable[[jax.Array], j
                        f"{model!r}; pass --features layout")
     from jaxdissect.sceneworld import segmenter as scene  # pylint: disable=g-import-not-at-top
     return jax.jit(lambda images: scene.features_fn(seg.params, images))
-  return jax.jit(lambda images: realism.layout_features(seg.segment_fn(seg.params, images)))
+  segment_fn = cli.checked(probabilities_of, seg, "--features layout")
+  return jax.jit(lambda images: realism.layout_features(segment_fn(seg.params, images)))
 
 
 def real_features(features: Callable, n: int, seed: int, batch_size: int) -> np.ndarray:

@@ -29,6 +29,7 @@ from experiments.dissection_io import (INSERT_VALUES, concept_index, header, ins
                                        open_dissection, pick_layer, result_stem)
 from experiments.progress import progress, progress_hook
 from jaxdissect import causal, checkpoint, latents, unitsets
+from jaxdissect.model import probabilities_of
 
 _DISSECTION = flags.DEFINE_string("dissection", "results/dissect-sceneworld",
                                   "Output folder of experiments.dissect.")
@@ -92,6 +93,7 @@ def run_optimization() -> str:
     if value < 1:
       raise UsageError(f"--{name}={value}; expected a positive integer")
   gen, seg = models.generator, models.segmenter
+  cli.checked(probabilities_of, seg, "optimize_units")
   num_units = layer.shape[2]
   iou = dissection.iou(layer)[:, c]
   if _L0.value and _RELAXATION.value != "hard_concrete":

@@ -17,7 +17,7 @@ with checkpoints, resume, progress and the output files, is `jaxdissect.driver`.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,12 +25,13 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from jaxdissect import fit, sharding, steps, warmup
+from jaxdissect import fit, sharding, stages, steps, warmup
 from jaxdissect.errors import check_choice
 from jaxdissect.latents import Latents, pad_rows, seeded
 from jaxdissect.model import Generator, Segmenter
 from jaxdissect.stats.topk import topk as topk_stat
-from jaxdissect.thresholds import ThresholdRule, rule_for
+from jaxdissect.stats import levels
+from jaxdissect.thresholds import CountAt, ThresholdRule, rule_for
 
 # `Config.forward_chunk` value asking `prepare` to choose the chunk that fits the device.
 AUTO_CHUNK = -1
@@ -49,6 +50,15 @@ class Config(NamedTuple):
   automatic chunk must fit (None: a share of the device's limit, `fit.SAFETY`); only with
   `forward_chunk=-1`. `warmup_on`: where the warmup ranks activations, "host", "device" or
   "auto" (see `jaxdissect.warmup`); the brackets are the same.
+
+  Definitions (the PNAS ones by default; `compat` presets set the original GAN Dissection's):
+  `quantile_of`, "upsampled" or "raw": whose quantile a numeric threshold is (the activations
+  upsampled to the labels, or the raw featuremap; "on" is always judged upsampled); `iou`,
+  "plain" or "category" (the original's denominator: a unit's on-pixels only in images where the
+  label's category occurs); `threshold_latents` / `threshold_n`: another sample to choose the
+  thresholds on (None: the dissected one); `given_thresholds`: `{layer: [U] levels}` to count at
+  exactly. Any but the defaults runs a threshold stage, then one exact counting pass
+  (`jaxdissect.stages`).
   """
 
   layers: tuple[str, ...]
@@ -66,11 +76,41 @@ class Config(NamedTuple):
   warmup_on: str = "auto"
   latents: Latents | None = None
   memory_budget: int | None = None
+  quantile_of: str = "upsampled"
+  iou: str = "plain"
+  threshold_latents: Latents | None = None
+  threshold_n: int | None = None
+  given_thresholds: Mapping[str, Any] | None = None
 
   @property
   def source(self) -> Latents:
     """The latents the run's images come from."""
     return seeded(self.seed) if self.latents is None else self.latents
+
+  @property
+  def threshold_source(self) -> Latents:
+    """The latents the thresholds are chosen on."""
+    return self.source if self.threshold_latents is None else self.threshold_latents
+
+  @property
+  def staged(self) -> bool:
+    """Whether the definitions need a threshold stage before an exact counting pass."""
+    return (self.quantile_of != "upsampled" or self.iou != "plain"
+            or self.threshold_latents is not None or self.given_thresholds is not None)
+
+  def definitions(self) -> dict[str, Any]:
+    """What `dissect.json` records of the definitions in use."""
+    if self.given_thresholds is not None:
+      chosen = "given"
+    else:
+      chosen = ("iqr" if self.threshold == "iqr" else
+                f"top {self.threshold:g} of the {self.quantile_of} activations")
+    return {"thresholds": chosen, "quantile_of": self.quantile_of, "iou": self.iou,
+            "threshold_latents": (None if self.threshold_latents is None
+                                  else self.threshold_latents.record()),
+            "threshold_n": (None if self.given_thresholds is not None
+                            else self.threshold_n or self.n),
+            "staged": self.staged}
 
   @property
   def rule(self) -> ThresholdRule:
@@ -131,6 +171,10 @@ def check_config(config: Config, gen: Generator) -> None:
     raise ValueError(f"layers {list(config.layers)} name a layer twice")
   config.rule  # pylint: disable=pointless-statement  (raises for a bad threshold)
   check_choice("warmup_on", config.warmup_on, ("auto", "host", "device"))
+  check_choice("quantile_of", config.quantile_of, stages.QUANTILE_OF)
+  check_choice("iou", config.iou, stages.IOU_DENOMINATORS)
+  if config.threshold_n is not None and config.threshold_n < 1:
+    raise ValueError(f"threshold_n is {config.threshold_n}, expected an integer >= 1")
   for name, value, least in (("n", config.n, 1), ("batch_size", config.batch_size, 1),
                              ("topk", config.topk, 1), ("num_bins", config.num_bins, 1),
                              ("warmup", config.warmup, 1), ("max_passes", config.max_passes, 1),
@@ -147,6 +191,8 @@ def check_config(config: Config, gen: Generator) -> None:
       raise ValueError(f"memory_budget is {config.memory_budget}, expected a positive number "
                        "of bytes")
   config.source.check(config.n, gen.latent_shape)
+  if config.staged and config.given_thresholds is None:
+    config.threshold_source.check(config.threshold_n or config.n, gen.latent_shape)
 
 
 def infer_shapes(gen: Generator, seg: Segmenter, config: Config) -> Shapes:
@@ -194,19 +240,33 @@ class Run(NamedTuple):
   merge: Callable
   forward_chunk: int = 0
   fitted: fit.Fit | None = None
+  stage: Callable | None = None
 
 
-def prepare(gen: Generator, seg: Segmenter, config: Config, mesh: Mesh | None = None) -> Run:
+def rule_of(config: Config, concepts) -> ThresholdRule:
+  """The rule of a run: the config's fused one, or exact counts after a threshold stage."""
+  if not config.staged:
+    return config.rule
+  return CountAt(config.iou, levels.categories_of(concepts)[1])
+
+
+def prepare(gen: Generator, seg: Segmenter, config: Config, mesh: Mesh | None = None,
+            rule: ThresholdRule | None = None) -> Run:
   """Checks the config against the models and builds the jitted functions of a run.
 
   `mesh`: a 1-D mesh with a `data` axis (`sharding.data_mesh`) to split every batch over (None:
-  one device); `config.batch_size` must be a multiple of its device count.
+  one device); `config.batch_size` must be a multiple of its device count. `rule`: instead of
+  the config's (a threshold stage runs its own).
   """
   check_config(config, gen)
   shapes = infer_shapes(gen, seg, config)
+  if config.given_thresholds is not None:
+    for layer, (_, _, units) in shapes.layers.items():
+      stages.given_levels(config.given_thresholds, layer, units)
   mesh = sharding.data_mesh(1) if mesh is None else mesh
   sharding.check_batch(config.batch_size, mesh)
-  rule, num_concepts = config.rule, len(seg.concepts)
+  rule = rule_of(config, seg.concepts) if rule is None else rule
+  num_concepts = len(seg.concepts)
   units = {layer: s[2] for layer, s in shapes.layers.items()}
   merge = sharding.merge_fn(steps.merge_fn(rule, units, num_concepts, config.topk), mesh)
   tally = steps.tally_fn(rule, units, shapes.seg_size, num_concepts, config.topk,
@@ -221,7 +281,8 @@ def prepare(gen: Generator, seg: Segmenter, config: Config, mesh: Mesh | None = 
                                    out_specs=P(sharding.DATA)))
   forward = steps.forward_fn(gen, seg, config.layers, run.forward_chunk)
   step = steps.sharded_step_fn(forward, tally, config.batch_size, mesh)
-  return run._replace(step=step, generate=generate)
+  stage = (lambda run: stages.brackets(gen, seg, run)) if isinstance(rule, CountAt) else None
+  return run._replace(step=step, generate=generate, stage=stage)
 
 
 def _fit_chunk(run: Run, gen: Generator, seg: Segmenter, tally: Callable) -> Run:
@@ -316,6 +377,8 @@ def start(run: Run) -> State:
   else it runs the generator alone, and the pass tallies its images again from the start.
   """
   config, shapes = run.config, run.shapes
+  if run.stage is not None:  # levels fixed by a threshold stage: nothing to warm up
+    return place_state(run, init_state(run, run.stage(run)))
   batches = list(config.source.batches(min(config.n, config.warmup), config.batch_size,
                                        run.latent_shape))
   rows = sum(len(z) for _, z in batches)

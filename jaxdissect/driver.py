@@ -168,12 +168,19 @@ def _resume(root: str, run: dissect.Run, meta: dict, fresh: bool,
   # same warmup images, and no refined brackets (those depend on the old n's first pass).
   old_n = saved.get("n")
   if old_n != config.n and (int(state.passes) > 0 or old_n is None
-                            or min(old_n, config.warmup) != min(config.n, config.warmup)):
+                            or min(old_n, config.warmup) != min(config.n, config.warmup)
+                            or _levels_depend_on_n(config)):
     note(f"checkpoint of n={old_n} cannot be extended to n={config.n} (its brackets depend "
          "on its n): starting over")
     return None
   note(f"resuming from {root}: pass {int(state.passes) + 1}, {int(state.images)} images tallied")
   return state
+
+
+def _levels_depend_on_n(config: dissect.Config) -> bool:
+  """Whether a staged run's levels were chosen on its own first n images (or n of another
+  sample): then another n means other levels."""
+  return (config.staged and config.given_thresholds is None and config.threshold_n is None)
 
 
 def _resume_everywhere(root: str, run: dissect.Run, meta: dict, fresh: bool,
@@ -214,7 +221,7 @@ def write(outdir: str, results: Mapping[str, dissect.LayerResult], gen: Generato
   (which regenerate every unit's top images).
   """
   if interpretable is None:
-    interpretable = thresholds.interpretable_for(config.threshold)
+    interpretable = thresholds.interpretable_for(config.threshold, has_iqr=config.staged or None)
   doc = output.document_of(results, seg.concepts, config, model=model, segmenter=segmenter,
                            settings=settings, interpretable=interpretable)
   if sharding.is_primary():

@@ -101,7 +101,9 @@ def on_colour_channels(seg: Segmenter) -> Segmenter:
   def colour(images):
     return jnp.asarray(images)[..., :COLOUR]
 
-  return seg._replace(segment_fn=lambda params, images: seg.segment_fn(params, colour(images)),
+  segment_fn = None if seg.segment_fn is None else (
+      lambda params, images: seg.segment_fn(params, colour(images)))
+  return seg._replace(segment_fn=segment_fn,
                       label_fn=lambda params, images: seg.label_fn(params, colour(images)))
 
 

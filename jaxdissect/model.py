@@ -79,12 +79,30 @@ class Generator(NamedTuple):
 class Segmenter(NamedTuple):
   """A segmenter: `segment_fn(params, images) -> probs [B, H, W, K]` (differentiable) and
   `label_fn(params, images) -> labels [B, H, W, D]` int32 (0 = none); `concepts[i]` is the
-  `(name, category)` of label index i (index 0 is the '-' no-label entry)."""
+  `(name, category)` of label index i (index 0 is the '-' no-label entry).
 
-  segment_fn: Callable[[Any, jax.Array], jax.Array]
+  `segment_fn` may be None (a label-only segmenter, as the original tool's interface): dissection
+  counts labels only; what needs probabilities (unit-set optimisation, layout features) calls
+  `probabilities_of` and refuses such a segmenter in one line."""
+
+  segment_fn: Callable[[Any, jax.Array], jax.Array] | None
   label_fn: Callable[[Any, jax.Array], jax.Array]
   params: Any
   concepts: tuple[tuple[str, str], ...]
+
+
+def label_only(label_fn: Callable[[Any, jax.Array], jax.Array], params: Any,
+               concepts: Sequence[tuple[str, str]]) -> Segmenter:
+  """A segmenter that gives integer labels only (no `segment_fn`); enough to dissect."""
+  return Segmenter(None, label_fn, params, tuple(tuple(c) for c in concepts))
+
+
+def probabilities_of(seg: Segmenter, what: str) -> Callable[[Any, jax.Array], jax.Array]:
+  """`seg.segment_fn`, or ValueError naming `what` needs it when `seg` is label-only."""
+  if seg.segment_fn is None:
+    raise ValueError(f"{what} needs a segmenter's class probabilities (segment_fn); this one "
+                     "gives labels only (enough to dissect, not to optimise through)")
+  return seg.segment_fn
 
 
 def check_layers(names: Sequence[str] | str | None, layers: Sequence[str]) -> tuple[str, ...]:

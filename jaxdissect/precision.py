@@ -68,4 +68,5 @@ def segmenter_in(seg: Segmenter, dtype: str) -> Segmenter:
   def label_fn(params, images):
     return seg.label_fn(params, jnp.asarray(images).astype(low))
 
-  return Segmenter(segment_fn, label_fn, cast_floats(seg.params, low), seg.concepts)
+  return Segmenter(None if seg.segment_fn is None else segment_fn, label_fn,
+                   cast_floats(seg.params, low), seg.concepts)

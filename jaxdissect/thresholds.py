@@ -22,7 +22,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from jaxdissect.stats import conditional, tail, tail_bins
+from jaxdissect.stats import conditional, levels, tail, tail_bins
 
 IQR_LEVELS = 1.0 - np.logspace(-3, 0, 100)[::-1]  # ascending quantile levels of the IQR grid
 
@@ -170,7 +170,90 @@ class IqrGrid(NamedTuple):
                         np.zeros(len(chosen.thresholds)), chosen.iqr, None)
 
 
-ThresholdRule = TopQuantile | IqrGrid
+class CountAt(NamedTuple):
+  """Exact counts at levels fixed before the pass (given, or chosen by a threshold stage: see
+  `jaxdissect.stages`), with the IoU denominator `iou` ("plain" or "category", the original
+  GAN Dissection's) and its per-label IQR. The bracket is `(edges [U, 1], given_label [U])`:
+  the level, and the unit's label when the stage chose one (-1: the best IoU)."""
+
+  iou: str = "plain"
+  label_category: tuple[int, ...] = ()
+
+  name = "given"
+  bracket_fields = ("edges", "given_label")
+  from_largest = False
+
+  def stat(self, num_concepts: int, units: int, bracket: Any = None):
+    edges, given = ((np.zeros((units, 1), np.float32), None) if bracket is None else bracket)
+    return levels.levels_tally(units, num_concepts, edges, self._categories(num_concepts), given)
+
+  def update(self, num_concepts: int, units: int) -> Callable:
+    return self.stat(num_concepts, units).update
+
+  def bracket_of(self, state: levels.LevelsState) -> Any:
+    return np.asarray(state.edges), np.asarray(state.given_label)
+
+  def _categories(self, num_concepts: int) -> tuple[int, ...]:
+    return self.label_category or (0,) * num_concepts
+
+  def outcome(self, state: levels.LevelsState) -> LayerOutcome:
+    num_concepts, num_units = np.asarray(state.above).shape[:2]
+    cats = self._categories(num_concepts)
+    counts = levels.counts_at(state, np.zeros(num_units, np.int64))
+    iou = levels.iou_of(counts, cats, self.iou)
+    given = np.asarray(state.given_label)
+    label = np.where(given >= 0, given, np.argmax(iou, axis=1))
+    iqr = levels.label_iqr(counts, cats, self.iou)[np.arange(num_units), label]
+    return LayerOutcome(np.asarray(state.edges)[:, 0], iou, label, np.zeros(num_units), iqr,
+                        None)
+
+
+class IqrCategory(NamedTuple):
+  """The original GAN Dissection's IQR threshold choice (`levels.iqr_choice`) on the grid of
+  `IqrGrid` (the warmup's quantiles at `IQR_LEVELS`), with category-conditional predictions
+  ("category") or unconditional ones ("plain"); a threshold stage, whose IoU is then counted at
+  the chosen levels by `CountAt`."""
+
+  iou: str = "category"
+  label_category: tuple[int, ...] = ()
+  seed: int = 1
+  cap: int = 200_000
+
+  name = "iqr"
+  bracket_fields = ("edges", "given_label")
+  from_largest = False
+
+  def stat(self, num_concepts: int, units: int, bracket: Any = None):
+    edges = (np.zeros((units, len(IQR_LEVELS)), np.float32) if bracket is None
+             else bracket[0])
+    cats = self.label_category or (0,) * num_concepts
+    return levels.levels_tally(units, num_concepts, edges, cats)
+
+  def update(self, num_concepts: int, units: int) -> Callable:
+    return self.stat(num_concepts, units).update
+
+  def bracket_of(self, state: levels.LevelsState) -> Any:
+    return np.asarray(state.edges), np.asarray(state.given_label)
+
+  def sample(self, total: int) -> np.ndarray:
+    return IqrGrid(self.seed, self.cap).sample(total)
+
+  def warmup_bracket(self, values: Sequence[np.ndarray]) -> Any:
+    edges = IqrGrid(self.seed, self.cap).warmup_bracket(values)
+    return edges, np.full(edges.shape[0], -1, np.int32)
+
+  def outcome(self, state: levels.LevelsState) -> LayerOutcome:
+    num_concepts, num_units = np.asarray(state.above).shape[:2]
+    cats = self.label_category or (0,) * num_concepts
+    chosen = levels.iqr_choice(state, cats, self.iou)
+    counts = levels.counts_at(state, chosen.level)
+    iou = levels.iou_of(counts, cats, self.iou)
+    units = np.arange(num_units)
+    return LayerOutcome(np.asarray(state.edges)[units, chosen.level], iou, chosen.label,
+                        np.zeros(num_units), chosen.iqr, None)
+
+
+ThresholdRule = TopQuantile | IqrGrid | CountAt | IqrCategory
 
 
 def rule_for(threshold: float | str, *, num_bins: int = 2048, tolerance: float = 1e-3,
@@ -208,25 +291,28 @@ class Interpretable(NamedTuple):
 INTERPRETABLE_RULES = ("auto", "iou", "gandissect")
 
 
-def interpretable_for(threshold: float | str, rule: str = "auto",
-                      iou: float | None = None) -> Interpretable:
+def interpretable_for(threshold: float | str, rule: str = "auto", iou: float | None = None,
+                      *, iqr: float | None = None, has_iqr: bool | None = None) -> Interpretable:
   """The interpretability rule `rule` names for a `threshold` setting.
 
-  "iou": IoU > `iou` (0.04 unless given), the PNAS rule. "gandissect": IQR > 0.01 and IoU >
-  `iou` (0.05 unless given), the original GAN Dissection code's rule, which needs IQR
-  thresholds. "auto": "gandissect" for `threshold="iqr"`, else "iou".
+  "iou": IoU > `iou` (0.04 unless given), the PNAS rule. "gandissect": IQR > `iqr` (0.01 unless
+  given) and IoU > `iou` (0.05 unless given), the original GAN Dissection code's rule, which needs
+  each label's IQR: IQR thresholds compute it, and so does every staged run (`has_iqr`; default:
+  only for `threshold="iqr"`). "auto": "gandissect" for `threshold="iqr"`, else "iou".
   """
   if rule not in INTERPRETABLE_RULES:
     raise ValueError(f"unknown interpretability rule {rule!r}; valid rules are: "
                      f"{', '.join(INTERPRETABLE_RULES)}")
+  if has_iqr is None:
+    has_iqr = threshold == "iqr"
   if rule == "auto":
     rule = "gandissect" if threshold == "iqr" else "iou"
   if rule == "iou":
     return Interpretable(0.04 if iou is None else float(iou))
-  if threshold != "iqr":
+  if not has_iqr:
     raise ValueError("the 'gandissect' interpretability rule needs each label's IQR, which only "
                      "IQR thresholds compute; use threshold 'iqr' or the 'iou' rule")
-  return Interpretable(0.05 if iou is None else float(iou), 0.01)
+  return Interpretable(0.05 if iou is None else float(iou), 0.01 if iqr is None else float(iqr))
 
 
 def _knot_ranks(rank_q: int, rank_lo: int, rank_hi: int, segments: int,

@@ -32,7 +32,7 @@ import numpy as np
 import optax
 
 from jaxdissect.errors import check_choice
-from jaxdissect.model import Edit, Generator, Segmenter
+from jaxdissect.model import Edit, Generator, Segmenter, probabilities_of
 
 
 RELAXATIONS = ("clip", "hard_concrete")
@@ -91,10 +91,11 @@ def loss_fn(gen: Generator, seg: Segmenter, layer: str, concept: int, values: ja
   """
   check_choice("relaxation", relaxation, RELAXATIONS)
   values = jnp.asarray(values, jnp.float32)
+  segment_fn = probabilities_of(seg, "unit-set optimisation")
 
   def prob(z, edit):
     image, _ = gen.apply_fn(gen.params, z, None if edit is None else {layer: edit}, capture=())
-    return seg.segment_fn(seg.params, image)[..., concept]  # [B, H, W]
+    return segment_fn(seg.params, image)[..., concept]  # [B, H, W]
 
   def loss(params, z, key):
     if relaxation == "clip":

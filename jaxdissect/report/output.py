@@ -34,8 +34,10 @@ def document_of(results: Mapping[str, LayerResult], concepts, config: Config, *,
   """The `dissect.json` document: `document.dissection_doc` plus where the latents came from."""
   doc = document.dissection_doc(results, concepts, model=model, segmenter=segmenter,
                                 settings=settings or {}, interpretable=interpretable,
-                                iqr=config.rule.name == "iqr")
+                                iqr=config.rule.name == "iqr" or config.staged)
   doc["latents"] = config.source.record()
+  if config.staged:
+    doc["definitions"] = config.definitions()
   return doc
 
 
