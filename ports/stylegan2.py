@@ -26,7 +26,15 @@ unscaled (the equalized-learning-rate gains are applied in the forward pass, as 
     `noise_strength` `[]`, `affine` {`weight` `[w_dim, in]`, `bias`}; `torgb`: `weight`, `bias`,
     `affine`.
 Noise is data: the checkpoint's fixed `noise_const` buffers (`noise='const'`, the default, as
-the original's `generate.py`), none, or drawn from a `noise_key` passed to `apply_fn`.
+the original's `generate.py`), none, or drawn from a `noise_key` passed to `apply_fn` (one key
+for the batch, or one per image); with `noise_seed`, an image's random noise is keyed by the seed
+and its latent's bits, so the same latent always gets the same noise (what a dissection, which
+redraws image i for its report, needs).
+
+The latent is z (`latent_space='z'`, the default) or w itself (`'w'`: the mapping network is
+skipped; truncation still pulls the given w towards `w_avg`), e.g. to dissect W latents that an
+inversion found. Either generator also captures (and edits) `w`, the mapping's output before
+truncation, as `[B, 1, 1, w_dim]`; `seeded_w` maps a seeded z sample through it.
 """
 
 from __future__ import annotations
@@ -48,6 +56,8 @@ _LEAK = 0.2
 _LRELU_GAIN = math.sqrt(2)
 _EPS = 1e-8
 NOISE_MODES = ("const", "none", "random")
+LATENT_SPACES = ("z", "w")
+W = "w"  # the capturable mapping output
 
 
 class Config(NamedTuple):
@@ -206,11 +216,14 @@ class _Mapping(nn.Module):
   cfg: Config
 
   @nn.compact
-  def __call__(self, z: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, z: jax.Array, skip: bool = False) -> tuple[jax.Array, jax.Array]:
+    w_avg = self.param("w_avg", nn.initializers.zeros, (self.cfg.w_dim,))
+    if skip:  # the latent is w already
+      return z, w_avg
     x = z * jax.lax.rsqrt(jnp.mean(jnp.square(z), axis=1, keepdims=True) + _EPS)
     for i, n in enumerate(self.cfg.mapping_features[1:]):
       x = _Dense(n, self.cfg.mapping_lr_multiplier, lrelu=True, name=f"fc{i}")(x)
-    return x, self.param("w_avg", nn.initializers.zeros, (self.cfg.w_dim,))
+    return x, w_avg
 
 
 class _Styled(nn.Module):
@@ -248,6 +261,9 @@ class _Styled(nn.Module):
       if isinstance(noise, str):
         if noise == "const":
           x = x + (const * strength)[None, :, :, None]
+      elif jnp.ndim(noise):  # one key per image
+        draw = jax.vmap(lambda k: jax.random.normal(k, (r, r, 1), x.dtype))
+        x = x + draw(noise) * strength
       else:
         x = x + jax.random.normal(noise, (x.shape[0], r, r, 1), x.dtype) * strength
     return _lrelu_gain(x + bias, self.cfg.conv_clamp), style
@@ -263,6 +279,7 @@ class StyleGAN2(nn.Module):
   cfg: Config
   truncation_psi: float = 1.0
   truncation_cutoff: int | None = None
+  latent_space: str = "z"
 
   @nn.compact
   def __call__(self, z: jax.Array, edits: Mapping[str, Edit] | None = None,
@@ -270,7 +287,11 @@ class StyleGAN2(nn.Module):
                ) -> Any:
     """`(image, acts)`; with `ws_only`, the mapping's `[B, num_ws, w_dim]` output alone."""
     cfg, edits = self.cfg, edits or {}
-    w, w_avg = _Mapping(cfg, name="mapping")(z)
+    w, w_avg = _Mapping(cfg, name="mapping")(z, skip=self.latent_space == "w")
+    acts = {}
+    if W in capture:
+      acts[W] = w[:, None, None, :]
+    w = apply_edit(w[:, None, None, :], edits.get(W), W)[:, 0, 0, :]
     ws = jnp.repeat(w[:, None, :], cfg.num_ws, axis=1)
     if self.truncation_psi != 1:
       cut = cfg.num_ws if self.truncation_cutoff is None else self.truncation_cutoff
@@ -278,7 +299,7 @@ class StyleGAN2(nn.Module):
       ws = jnp.where(mask, w_avg + self.truncation_psi * (ws - w_avg), ws)
     if ws_only:
       return ws
-    acts, index = {}, w_index(cfg)
+    index = w_index(cfg)
     x = img = None
     for r, c in zip(cfg.resolutions, cfg.channels):
       block = f"b{r}"
@@ -287,7 +308,9 @@ class StyleGAN2(nn.Module):
         x = jnp.broadcast_to(const, (ws.shape[0], 4, 4, c))
       for n in _block_layers(r):
         name = f"{block}.{n}"
-        layer_noise = noise if isinstance(noise, str) else jax.random.fold_in(noise, index[name])
+        layer_noise = (noise if isinstance(noise, str) else
+                       jax.vmap(jax.random.fold_in, (0, None))(noise, index[name])
+                       if jnp.ndim(noise) else jax.random.fold_in(noise, index[name]))
         module = _Styled(cfg.img_channels if n == "torgb" else c, r, cfg, up=n == "conv0",
                          torgb=n == "torgb", name=f"{block}_{n}")
         y, style = module(x, ws[:, index[name]], edits.get(f"{name}.style"), name, layer_noise)
@@ -303,24 +326,43 @@ class StyleGAN2(nn.Module):
     return img, acts
 
 
+def latent_noise_keys(z: jax.Array, seed: int) -> jax.Array:
+  """One PRNG key per latent row of `z [B, D]`: `seed`'s key with every float32 bit pattern of
+  the row folded in, so the same latent always gets the same key (in any batch)."""
+  bits = jax.lax.bitcast_convert_type(jnp.asarray(z, jnp.float32), jnp.uint32)
+
+  def one(row):
+    first = jax.random.fold_in(jax.random.key(seed), row[0])  # a carry that varies with z
+    return jax.lax.fori_loop(1, row.shape[0], lambda i, k: jax.random.fold_in(k, row[i]), first)
+
+  return jax.vmap(one)(bits)
+
+
 def make_apply_fn(cfg: Config, *, truncation_psi: float = 1.0,
-                  truncation_cutoff: int | None = None, noise: str = "const") -> ApplyFn:
+                  truncation_cutoff: int | None = None, noise: str = "const",
+                  noise_seed: int | None = None, latent_space: str = "z") -> ApplyFn:
   """The protocol `apply_fn(params, z, edits=None, capture=None, noise_key=None)` for `cfg`.
 
-  `noise` is 'const' (the checkpoint's fixed noise), 'none', or 'random' (then every call must
-  pass `noise_key`, a PRNG key; images in a batch get independent noise).
+  `noise` is 'const' (the checkpoint's fixed noise), 'none', or 'random': then a call passes
+  `noise_key`, a PRNG key (images in a batch get independent noise) or one key per image `[B]`;
+  with `noise_seed` a call may leave it out, and each image's noise is keyed by
+  `latent_noise_keys(z, noise_seed)`. `latent_space` 'w' takes w `[B, w_dim]` as the latent.
   """
   check_choice("noise mode", noise, NOISE_MODES)
-  module = StyleGAN2(cfg, float(truncation_psi), truncation_cutoff)
+  check_choice("latent space", latent_space, LATENT_SPACES)
+  module = StyleGAN2(cfg, float(truncation_psi), truncation_cutoff, latent_space)
   layers = layer_names(cfg)
-  names = layers + style_layers(cfg)
+  names = layers + style_layers(cfg) + (W,)
+  dim = cfg.z_dim if latent_space == "z" else cfg.w_dim
 
   def apply_fn(params: Any, z: jax.Array, edits: Mapping[str, Edit] | None = None,
                capture: Sequence[str] | str | None = None, noise_key: jax.Array | None = None
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Runs the generator on `z [B, z_dim]`; returns `(image [B, R, R, 3], acts)`."""
-    z = check_latent(z, cfg.z_dim)
+    """Runs the generator on `z [B, z_dim]` (or w); returns `(image [B, R, R, 3], acts)`."""
+    z = check_latent(z, dim)
     edits, captured = check_edits(edits, names), check_layers(capture, names)
+    if noise_key is None and noise == "random" and noise_seed is not None:
+      noise_key = latent_noise_keys(z, noise_seed)
     if (noise == "random") != (noise_key is not None):
       raise ValueError(f"noise_key is {'required' if noise == 'random' else 'only used'} with "
                        f"noise='random' (this generator's noise mode is {noise!r})")
@@ -351,6 +393,7 @@ def mapping_fn(cfg: Config, *, truncation_psi: float = 1.0,
 
 def from_state_dict(sd: Mapping[str, Any], *, truncation_psi: float = 1.0,
                     truncation_cutoff: int | None = None, noise: str = "const",
+                    noise_seed: int | None = None, latent_space: str = "z",
                     **config_overrides: Any) -> Generator:
   """A generator with the weights of an NVlabs `G_ema.state_dict()` (numpy arrays).
 
@@ -359,8 +402,27 @@ def from_state_dict(sd: Mapping[str, Any], *, truncation_psi: float = 1.0,
   """
   cfg = config_from_state_dict(sd, **config_overrides)
   apply_fn = make_apply_fn(cfg, truncation_psi=truncation_psi,
-                           truncation_cutoff=truncation_cutoff, noise=noise)
-  return Generator(apply_fn, convert_state_dict(sd, cfg), layer_names(cfg), (cfg.z_dim,))
+                           truncation_cutoff=truncation_cutoff, noise=noise,
+                           noise_seed=noise_seed, latent_space=latent_space)
+  return Generator(apply_fn, convert_state_dict(sd, cfg), layer_names(cfg),
+                   _latent_shape(cfg, latent_space))
+
+
+def _latent_shape(cfg: Config, latent_space: str) -> tuple[int]:
+  return (cfg.w_dim,) if latent_space == "w" else (cfg.z_dim,)
+
+
+def seeded_w(gen: Generator, n: int, seed: int, batch_size: int = 256) -> np.ndarray:
+  """The first `n` rows `[n, w_dim]` of seed `seed`'s z sample (`jaxdissect.zsample`, prefix-
+  stable) mapped to w by `gen`'s mapping network, before truncation: the seeded sample of a
+  `latent_space='w'` generator, whose images are then those of the z sample (at psi 1).
+  `gen` is the checkpoint's z-space generator (any truncation and noise)."""
+  from jaxdissect import zsample  # pylint: disable=g-import-not-at-top
+  w_of = jax.jit(lambda p, z: gen.apply_fn(p, z, capture=(W,))[1][W][:, 0, 0, :])
+  out = [np.asarray(w_of(gen.params, z), np.float32)
+         for _, z in zsample.z_batches(n, seed, batch_size, gen.zdim)]
+  w_dim = int(np.shape(gen.params["mapping"]["w_avg"])[-1])
+  return np.concatenate(out) if out else np.zeros((0, w_dim), np.float32)
 
 
 # --- Checkpoint conversion (NVlabs state dict as numpy arrays) ----------------------------------
@@ -502,7 +564,8 @@ def make_generator(cfg: Config, seed: int = 0, **options: Any) -> Generator:
   """A generator with `random_state_dict(cfg, seed)` weights (`options` as `from_state_dict`)."""
   sd = random_state_dict(cfg, seed)
   apply_fn = make_apply_fn(cfg, **options)
-  return Generator(apply_fn, convert_state_dict(sd, cfg), layer_names(cfg), (cfg.z_dim,))
+  return Generator(apply_fn, convert_state_dict(sd, cfg), layer_names(cfg),
+                   _latent_shape(cfg, options.get("latent_space", "z")))
 
 
 # --- Checkpoint files --------------------------------------------------------------------------
@@ -600,7 +663,8 @@ def rosinality_to_nvlabs(sd: Mapping[str, Any], latent_avg: Any = None) -> dict[
 
 
 def load(path: str, *, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
-         noise: str = "const", key: str | None = None) -> Generator:
+         noise: str = "const", noise_seed: int = 0, latent_space: str = "z",
+         key: str | None = None) -> Generator:
   """A generator with the weights of a StyleGAN2 checkpoint file, read without torch.
 
   * `.pkl`: an NVlabs StyleGAN2(-ADA) network pickle, read by `ports.stylegan2_pkl` (nothing in
@@ -610,10 +674,12 @@ def load(path: str, *, truncation_psi: float = 1.0, truncation_cutoff: int | Non
     `latent_avg`, or the bare state dict. Its training checkpoints also pickle their argparse
     flags, which `ports.pth` refuses; `convert_weight.py`'s outputs load.
   `truncation_psi` < 1 pulls w towards the checkpoint's `w_avg` in the first `truncation_cutoff`
-  layers (all by default). Raises `stylegan2_pkl.PklError` / `pth.PthError` for a refused or
-  unreadable file, ValueError for an unsupported network.
+  layers (all by default). `noise='random'` keys each image's noise by `noise_seed` and its
+  latent (`make_apply_fn`); `latent_space='w'` takes w latents. Raises `stylegan2_pkl.PklError`
+  / `pth.PthError` for a refused or unreadable file, ValueError for an unsupported network.
   """
-  options = dict(truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff, noise=noise)
+  options = dict(truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff, noise=noise,
+                 noise_seed=noise_seed, latent_space=latent_space)
   if str(path).endswith(".pkl"):
     from ports import stylegan2_pkl  # pylint: disable=g-import-not-at-top
     sd, attrs = stylegan2_pkl.load_network(path, key or "G_ema")
