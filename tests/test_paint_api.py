@@ -14,7 +14,6 @@ import html
 import html.parser
 import io
 import json
-import os
 import re
 import urllib.parse
 import warnings
@@ -32,6 +31,7 @@ with warnings.catch_warnings():  # starlette suggests httpx2; httpx works
   warnings.simplefilter("ignore")
   from fastapi.testclient import TestClient  # noqa: E402
 
+import fake_dissection  # noqa: E402
 from experiments import paint_server  # noqa: E402
 from experiments.paint import apidocs  # noqa: E402
 from experiments.cli import UsageError  # noqa: E402
@@ -49,34 +49,12 @@ TREE_ALPHA_LAYER = "layer4"
 
 def _write_dissection(folder):
   """A dissect.json (+ iou.npy, thresholds.npy, a few strips, units-tree.json) for LAYERS."""
-  rng = np.random.default_rng(0)
-  layers = []
-  for name, (h, w, c) in LAYERS.items():
-    os.makedirs(folder / name / "units")
-    iou = rng.uniform(0, 0.1, (c, len(CONCEPTS))).astype(np.float32)
-    iou[:, 0] = 0
-    thresholds = rng.uniform(0.5, 3.0, c).astype(np.float32)
-    np.save(folder / name / "iou.npy", iou)
-    np.save(folder / name / "thresholds.npy", thresholds)
-    labels = iou.argmax(1)
-    units = [{"unit": u, "threshold": float(thresholds[u]), "label": CONCEPTS[labels[u]],
-              "category": "object", "iou": float(iou[u, labels[u]]),
-              "interpretable": bool(iou[u, labels[u]] > 0.04), "top": [],
-              "image": f"{name}/units/unit{u:04d}.jpg"} for u in range(c)]
+  doc = fake_dissection.write(
+      folder, LAYERS, [(n, "object") for n in CONCEPTS], "sceneworld", "sceneworld",
+      image=lambda name, u: f"{name}/units/unit{u:04d}.jpg")
+  for name in LAYERS:
     for u in range(3):  # strips for the first units only
       Image.new("RGB", (40, 8), (u * 50, 0, 0)).save(folder / name / "units" / f"unit{u:04d}.jpg")
-    counts = {}
-    for u in units:
-      if u["interpretable"]:
-        counts[u["label"]] = counts.get(u["label"], 0) + 1
-    layers.append({"layer": name, "dirname": name, "shape": [h, w, c],
-                   "interpretable": sum(counts.values()), "concept_counts": counts,
-                   "units": units})
-  doc = {"model": "sceneworld", "segmenter": "sceneworld", "settings": {"threshold": "0.01"},
-         "concepts": [{"index": i, "name": n, "category": "object"}
-                      for i, n in enumerate(CONCEPTS)],
-         "layers": layers}
-  (folder / "dissect.json").write_text(json.dumps(doc))
   alpha = np.zeros(LAYERS[TREE_ALPHA_LAYER][2], np.float32)
   alpha[[7, 3, 90, 11]] = [1.0, 0.9, 0.9, 0.2]
   (folder / "units-tree.json").write_text(json.dumps(

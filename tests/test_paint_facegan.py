@@ -8,8 +8,6 @@ the face GAN's weights (`pip install --no-deps gan-face-generate==1.1.1`)."""
 import base64
 import importlib.util
 import io
-import json
-import os
 import warnings
 
 import jax
@@ -28,6 +26,7 @@ with warnings.catch_warnings():
   warnings.simplefilter("ignore")
   from fastapi.testclient import TestClient  # noqa: E402
 
+import fake_dissection  # noqa: E402
 from experiments import paint_server  # noqa: E402
 from jaxdissect import images as images_lib, zoo  # noqa: E402
 from jaxdissect.model import Edit  # noqa: E402
@@ -41,32 +40,7 @@ CONCEPTS = [name for name, _ in faceparts.CONCEPTS]
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
   folder = tmp_path_factory.mktemp("dissect-facegan-faceparts")
-  rng = np.random.default_rng(0)
-  layers = []
-  for name, (h, w, c) in LAYERS.items():
-    os.makedirs(folder / name / "units")
-    iou = rng.uniform(0, 0.1, (c, len(CONCEPTS))).astype(np.float32)
-    iou[:, 0] = 0
-    thresholds = rng.uniform(0.5, 3.0, c).astype(np.float32)
-    np.save(folder / name / "iou.npy", iou)
-    np.save(folder / name / "thresholds.npy", thresholds)
-    labels = iou.argmax(1)
-    units = [{"unit": u, "threshold": float(thresholds[u]), "label": CONCEPTS[labels[u]],
-              "category": dict(faceparts.CONCEPTS)[CONCEPTS[labels[u]]],
-              "iou": float(iou[u, labels[u]]), "interpretable": bool(iou[u, labels[u]] > 0.04),
-              "top": []} for u in range(c)]
-    counts = {}
-    for u in units:
-      if u["interpretable"]:
-        counts[u["label"]] = counts.get(u["label"], 0) + 1
-    layers.append({"layer": name, "dirname": name, "shape": [h, w, c],
-                   "interpretable": sum(counts.values()), "concept_counts": counts,
-                   "units": units})
-  doc = {"model": "facegan", "segmenter": "faceparts", "settings": {"threshold": "0.01"},
-         "concepts": [{"index": i, "name": n, "category": c}
-                      for i, (n, c) in enumerate(faceparts.CONCEPTS)],
-         "layers": layers}
-  (folder / "dissect.json").write_text(json.dumps(doc))
+  fake_dissection.write(folder, LAYERS, faceparts.CONCEPTS, "facegan", "faceparts")
   return folder
 
 
