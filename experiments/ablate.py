@@ -20,10 +20,12 @@ the layer's grid by `--mask_pooling`) and measures the concept inside it only.
 
 `--units 12,40,7` instead measures one unit set: the average causal effect on every concept of
 ablating it and of inserting it (at `--insert_value` levels times `--value_scale`), with 99%
-confidence intervals, written to `ace-<concept>.json`.
+confidence intervals, written to `ace-<concept>.json` (`ace-<concept>-<name>.json` with `--name`).
 """
 
 from __future__ import annotations
+
+import re
 
 from absl import app, flags, logging
 import numpy as np
@@ -55,6 +57,9 @@ _POOLING = flags.DEFINE_enum("mask_pooling", "max", ["max", "mean"], "How the ma
                              "the layer's grid: max edits every cell it touches, mean scales.")
 _UNITS = flags.DEFINE_list("units", None, "Measure this unit set's ablation and insertion ACE "
                            "instead of ranking curves.")
+_NAME = flags.DEFINE_string("name", None, "--units: a name for this unit set's result, written to "
+                            "ace-<concept>-<name>.json (default ace-<concept>.json), so the "
+                            "results of several sets sit side by side.")
 _INSERT_VALUE = flags.DEFINE_enum("insert_value", "quantile", list(INSERT_VALUES),
                                   "Insertion level of --units: quantile or concept_mean.")
 _VALUE_SCALE = flags.DEFINE_float("value_scale", 1.0, "Insertion level multiplier (--units).")
@@ -136,7 +141,8 @@ def parse_units(spec: list[str], num_units: int, layer: str) -> list[int]:
     except ValueError:
       raise UsageError(f"--units: {item!r} is not a unit number") from None
     if not 0 <= unit < num_units:
-      raise UsageError(f"--units: unit {unit} is out of range; {layer} has units 0..{num_units - 1}")
+      raise UsageError(f"--units: unit {unit} is out of range; {layer} has units "
+                       f"0..{num_units - 1}")
     units.append(unit)
   if not units:
     raise UsageError("--units is an empty unit set; name at least one unit, e.g. --units 3,17")
@@ -147,6 +153,8 @@ def _unit_set_effect(dissection, layer, concept, c, gen, seg, common) -> str:
   """ACE of ablating and of inserting `--units` on every concept; writes ace-<concept>.json."""
   num_units = layer.shape[2]
   units = parse_units(_UNITS.value, num_units, layer.layer)
+  if _NAME.value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", _NAME.value):
+    raise UsageError(f"--name={_NAME.value!r}; expected up to 64 letters, digits, '_', '.' or '-'")
   values = insertion_values(layer, _INSERT_VALUE.value, gen, seg, c) * _VALUE_SCALE.value
   alpha = np.zeros((1, num_units), np.float32)
   alpha[0, units] = 1.0
@@ -166,6 +174,7 @@ def _unit_set_effect(dissection, layer, concept, c, gen, seg, common) -> str:
                  len(units), concept, effect.baseline[0, c], effect.edited[0, c],
                  effect.delta[0, c], effect.ci99[0, c])
   stem = result_stem(_DISSECTION.value, "ace", concept)
+  stem += f"-{_NAME.value}" if _NAME.value else ""
   cli.write_json(stem + ".json", out)
   logging.info("wrote %s.json", stem)
   return stem

@@ -70,9 +70,10 @@ def test_unit_set_ace_of_ablation_and_insertion(dissection):
   red, green = planted.PLANTED["red"][1], planted.PLANTED["green"][1]
   proc = _run("experiments.ablate", "--dissection", str(dissection), "--concept", "red",
               "--units", f"{red},{green}", "--n", "40", "--batch_size", "20",
-              "--insert_value", "concept_mean", "--value_scale", "3", "--quiet")
+              "--insert_value", "concept_mean", "--value_scale", "3", "--name", "pair",
+              "--quiet")
   assert proc.returncode == 0, proc.stderr[-2000:]
-  with open(dissection / "ace-red.json") as f:
+  with open(dissection / "ace-red-pair.json") as f:
     out = json.load(f)
   assert out["units"] == sorted([red, green])
   ablation, insertion = out["ablation"], out["insertion"]
