@@ -41,6 +41,8 @@ from typing import Any, BinaryIO, Callable, Mapping, NamedTuple
 
 import numpy as np
 
+from jaxdissect import smallfile
+
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -232,18 +234,31 @@ def load(path: str | os.PathLike) -> Any:
   path = os.fspath(path)
   try:
     with open(path, "rb") as f:
-      size = os.fstat(f.fileno()).st_size
-      head = f.read(_TAR_MAGIC_OFFSET + 5)
-      f.seek(0)
-      if head.startswith(_ZIP_MAGIC):
-        obj, storages = _read_zip(f, path, size)
-      elif head[_TAR_MAGIC_OFFSET:] == b"ustar":
-        raise PthError(f"{path}: a tar-format checkpoint (torch < 0.1.10) is not supported")
-      elif head.startswith(_PICKLE_PROTO):
-        obj, storages = _read_legacy(f, path, size)
-      else:
-        raise PthError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a legacy "
-                       f"pickle stream); it starts with {head[:8]!r}")
+      return _load_stream(f, os.fstat(f.fileno()).st_size, path)
+  except OSError as e:
+    raise PthError(f"{path}: cannot read the file: {e}") from e
+
+
+def loads(data: bytes, name: str) -> Any:
+  """`load` of a `torch.save` stream held in memory (e.g. the storage bytes that NVlabs network
+  pickles embed); `name` says where it came from in error messages."""
+  return _load_stream(io.BytesIO(data), len(data), name)
+
+
+def _load_stream(f: BinaryIO, size: int, path: str) -> Any:
+  """The body of `load`: `f` holds `size` bytes of a checkpoint named `path`."""
+  try:
+    head = f.read(_TAR_MAGIC_OFFSET + 5)
+    f.seek(0)
+    if head.startswith(_ZIP_MAGIC):
+      obj, storages = _read_zip(f, path, size)
+    elif head[_TAR_MAGIC_OFFSET:] == b"ustar":
+      raise PthError(f"{path}: a tar-format checkpoint (torch < 0.1.10) is not supported")
+    elif head.startswith(_PICKLE_PROTO):
+      obj, storages = _read_legacy(f, path, size)
+    else:
+      raise PthError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a legacy "
+                     f"pickle stream); it starts with {head[:8]!r}")
     return _resolve(obj, storages, {}, _Budget(4 * size + _OUTPUT_SLACK))
   except PthError:
     raise
@@ -255,13 +270,7 @@ def load(path: str | os.PathLike) -> Any:
           IndexError, AttributeError, OverflowError, RuntimeError, NotImplementedError,
           struct.error, UnicodeDecodeError, zlib.error) as e:
     raise PthError(f"{path}: corrupt or unsupported PyTorch checkpoint: "
-                   f"{type(e).__name__}: {_one_line(e)}") from e
-
-
-def _one_line(e: BaseException) -> str:
-  """An exception's message on one line, cut to a readable length."""
-  text = " ".join(str(e).split())
-  return text if len(text) <= 300 else text[:300] + "..."
+                   f"{type(e).__name__}: {smallfile.one_line(e, 300)}") from e
 
 
 def load_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str, np.ndarray]:
@@ -321,8 +330,8 @@ def _read_zip(f: BinaryIO, path: str, size: int) -> tuple[Any, dict[str, np.ndar
     if byteorder not in ("little", "big"):
       raise PthError(f"{path}: unknown byteorder record {byteorder!r}; expected 'little' or 'big'")
     pickled = read(prefix + "data.pkl", size)
-    unpickler = _Unpickler(io.BytesIO(_scan_pickle(_Bounded(io.BytesIO(pickled), len(pickled)),
-                                                   path)), path)
+    unpickler = _Unpickler(io.BytesIO(scan_pickle(io.BytesIO(pickled), len(pickled), path)),
+                           path)
     obj = unpickler.load()
     storages = {}
     for key, ref in unpickler.storages.items():
@@ -357,7 +366,7 @@ def _read_record(zf: zipfile.ZipFile, info: zipfile.ZipInfo, size: int, most: in
 def _read_legacy(f: BinaryIO, path: str, size: int) -> tuple[Any, dict[str, np.ndarray]]:
   """Reads the pre-1.6 stream: header pickles, main pickle, key list, counted raw storages."""
   def unpickler() -> _Unpickler:
-    return _Unpickler(io.BytesIO(_scan_pickle(_Bounded(f, size), path)), path)
+    return _Unpickler(io.BytesIO(scan_pickle(f, size, path)), path)
 
   if unpickler().load() != _LEGACY_MAGIC:
     raise PthError(f"{path}: a pickle, but not a PyTorch checkpoint (bad magic number)")
@@ -377,9 +386,9 @@ def _read_legacy(f: BinaryIO, path: str, size: int) -> tuple[Any, dict[str, np.n
     ref = main.storages.get(key) if isinstance(key, str) else None
     if ref is None:
       raise PthError(f"{path}: storage {key!r} is in the file but no tensor refers to it")
-    (count,) = struct.unpack("<q", _read_exactly(f, 8, f"the size of storage {key!r}"))
+    (count,) = struct.unpack("<q", _read_exactly(f, size, 8, f"the size of storage {key!r}"))
     itemsize = ref.kind.dtype.itemsize
-    data = _read_exactly(f, count * itemsize, f"storage {key!r} ({count} elements)")
+    data = _read_exactly(f, size, count * itemsize, f"storage {key!r} ({count} elements)")
     storages[key] = _decode(data, ref, "little", f"storage {key!r}")
   missing = sorted(set(main.storages) - set(storages))
   if missing:
@@ -411,13 +420,16 @@ class _Bounded:
     self._f.seek(offset)
 
 
-def _scan_pickle(f: _Bounded, path: str) -> bytes:
-  """The bytes of the one pickle starting at `f`'s position, read after a dry scan of its opcodes.
+def scan_pickle(file: BinaryIO, size: int, path: str) -> bytes:
+  """The bytes of the one pickle starting at `file`'s position (`size`: the bytes `file` holds),
+  read after a dry scan of its opcodes; PthError naming `path` when the scan refuses it.
 
   The C unpickler allocates what a length field or memo index says before looking at the data;
   the scan (pickletools, which reads what is there) refuses a length beyond the bytes left, a
-  memo index a pickler would not have written, and more than MAX_PICKLE_OPCODES opcodes.
+  memo index a pickler would not have written, and more than MAX_PICKLE_OPCODES opcodes. Every
+  reader of pickles from outside unpickles only what this returns.
   """
+  f = _Bounded(file, size)
   start, puts = f.tell(), 0
   for count, (op, arg, pos) in enumerate(pickletools.genops(f)):
     if count >= MAX_PICKLE_OPCODES:
@@ -439,11 +451,11 @@ def _scan_pickle(f: _Bounded, path: str) -> bytes:
   return data
 
 
-def _read_exactly(f: BinaryIO, n: int, what: str) -> bytes:
-  """`n` bytes from `f`, or EOFError naming `what` if the file ends first."""
+def _read_exactly(f: BinaryIO, size: int, n: int, what: str) -> bytes:
+  """`n` bytes from `f` (which holds `size`), or EOFError naming `what` if it ends first."""
   if n < 0:
     raise ValueError(f"negative length {n} for {what}")
-  left = os.fstat(f.fileno()).st_size - f.tell()  # checked first: a bogus huge n is not allocated
+  left = size - f.tell()  # checked first: a bogus huge n is not allocated
   if n > left:
     raise EOFError(f"file ends inside {what}: {left} of {n} bytes")
   return f.read(n)
@@ -533,16 +545,23 @@ def _tensor(ref: _TensorRef, storages: dict[str, np.ndarray], budget: _Budget) -
       raise ValueError(f"tensor has {len(size)} dimensions; numpy allows at most 64")
     out = np.zeros(size, data.dtype)
   else:
-    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-    if offset < 0 or min(stride, default=0) < 0 or last >= data.size:
-      raise ValueError(f"tensor of size {list(size)}, stride {list(stride)} and offset {offset} "
-                       f"reaches outside storage {ref.storage.key!r} of {data.size} elements")
     budget.spend(numel * data.itemsize, f"tensor of size {list(size)}")
-    view = np.lib.stride_tricks.as_strided(
-        data[offset:], size, [s * data.itemsize for s in stride], writeable=False)
-    out = view.copy(order="C")
+    out = strided_copy(data, offset, size, stride, f"storage {ref.storage.key!r}")
   if ref.negate:
     out = -out
   if ref.conjugate:
     out = np.conj(out)
   return out
+
+
+def strided_copy(data: np.ndarray, offset: int, size: tuple[int, ...], stride: tuple[int, ...],
+                 what: str = "storage") -> np.ndarray:
+  """A C-contiguous copy of the view of 1-D `data` that a tensor's offset, size and stride
+  describe (at least one element); ValueError when the view reaches outside `data`."""
+  last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+  if offset < 0 or min(stride, default=0) < 0 or last >= data.size:
+    raise ValueError(f"tensor of size {list(size)}, stride {list(stride)} and offset {offset} "
+                     f"reaches outside {what} of {data.size} elements")
+  view = np.lib.stride_tricks.as_strided(data[offset:], size, [s * data.itemsize for s in stride],
+                                         writeable=False)
+  return view.copy(order="C")

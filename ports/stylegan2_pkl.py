@@ -13,13 +13,15 @@ file runs: unpickling goes through an allow-list of stand-ins written in this mo
   * Tensors pickle as `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)` (and
     `_rebuild_parameter` around them), where each storage is `torch.storage._load_from_bytes(b)`
     with `b` a small `torch.save` stream of that storage (legacy or zip layout); those bytes are
-    parsed here too, with their own allow-list (the storage classes only).
+    read by `ports.pth` (its own allow-list and size checks).
   * Plain containers: `collections.OrderedDict`, `builtins.set` / `frozenset`, `dnnlib`'s
     `EasyDict` (an inert dict subclass here), and numpy numeric scalars (`numpy.dtype` of a
     bool/int/uint/float/complex type code, `numpy.core.multiarray.scalar` of its raw bytes), which
     the modules' attributes (`weight_gain`...) are.
 Any other global (`os.system`, `builtins.eval`, a TensorFlow-era `dnnlib.tflib` network...) is
-refused, naming it, when the pickle first refers to it. Each allowed callable is handed out as a
+refused, naming it, when the pickle first refers to it. Before unpickling, the pickle's opcodes
+are scanned as `ports.pth` scans its own (`pth.scan_pickle`), so no declared length becomes an
+allocation. Each allowed callable is handed out as a
 fresh wrapper or subclass, so a hostile BUILD opcode cannot alter this module's objects.
 """
 
@@ -30,19 +32,12 @@ import io
 import os
 import pickle
 import re
-import struct
-import zipfile
 from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 
-_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-_LEGACY_PROTOCOL = 1001
-_STORAGES = {
-    "DoubleStorage": "<f8", "FloatStorage": "<f4", "HalfStorage": "<f2", "BFloat16Storage": "<u2",
-    "LongStorage": "<i8", "IntStorage": "<i4", "ShortStorage": "<i2", "CharStorage": "i1",
-    "ByteStorage": "u1", "BoolStorage": "?",
-}
+from ports import pth
+
 _NUMPY_CODE = re.compile(r"^[biufc]\d{0,2}$|^\?$")
 
 # The classes a stylegan2-ada-pytorch generator is built from (`training/networks.py`).
@@ -98,13 +93,7 @@ def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *_: Any) 
     raise ValueError(f"tensor size {list(size)} / stride {list(stride)} are inconsistent")
   if 0 in size:
     return np.zeros(size, data.dtype)
-  last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-  if offset < 0 or min(stride, default=0) < 0 or last >= data.size:
-    raise ValueError(f"tensor of size {list(size)}, stride {list(stride)}, offset {offset} "
-                     f"reaches outside its storage of {data.size} elements")
-  view = np.lib.stride_tricks.as_strided(data[offset:], size, [s * data.itemsize for s in stride],
-                                         writeable=False)
-  return view.copy(order="C")
+  return pth.strided_copy(data, offset, size, stride, "its storage")
 
 
 def _rebuild_parameter(data: Any, *_: Any) -> np.ndarray:
@@ -167,10 +156,14 @@ def _subclass(cls: type) -> type:
 
 
 def _load_from_bytes(data: Any) -> _Storage:
-  """Stand-in for `torch.storage._load_from_bytes`: the `torch.save` stream of one storage."""
+  """Stand-in for `torch.storage._load_from_bytes`: the `torch.save` stream of one storage, read
+  by `ports.pth` (its allow-list, its size checks)."""
   if not isinstance(data, bytes):
     raise TypeError(f"storage bytes are a {type(data).__name__}")
-  return _Storage(_read_storage(data))
+  elements = pth.loads(data, "tensor bytes")
+  if not isinstance(elements, np.ndarray) or elements.ndim != 1:
+    raise ValueError("tensor bytes hold something other than one storage")
+  return _Storage(elements)
 
 
 _FUNCTIONS: dict[tuple[str, str], Callable[..., Any]] = {
@@ -206,95 +199,6 @@ class _Unpickler(pickle.Unpickler):
     raise _Refused(f"{module}.{name}")
 
 
-# --- The storage streams inside `_load_from_bytes` ---------------------------------------------
-
-
-class _StorageKind(NamedTuple):
-  name: str
-  dtype: np.dtype
-
-
-class _StorageRef(NamedTuple):
-  kind: _StorageKind
-  key: str
-  numel: int
-
-
-class _StorageUnpickler(pickle.Unpickler):
-  """Unpickles a `torch.save` stream of one storage: storage classes are its only globals."""
-
-  def __init__(self, file: Any):
-    super().__init__(file)
-    self.refs: list[_StorageRef] = []
-
-  def find_class(self, module: str, name: str) -> Any:
-    if module == "torch" and name in _STORAGES:
-      return _StorageKind(name, np.dtype(_STORAGES[name]))
-    raise _Refused(f"{module}.{name}")
-
-  def persistent_load(self, pid: Any) -> _StorageRef:
-    if not isinstance(pid, tuple) or len(pid) not in (5, 6) or pid[0] != "storage":
-      raise ValueError(f"unsupported persistent id {pid!r} in a storage stream")
-    kind, key, numel = pid[1], pid[2], pid[4]
-    if not isinstance(kind, _StorageKind) or not isinstance(key, str):
-      raise TypeError(f"persistent id {pid!r} does not name a storage class and key")
-    if len(pid) == 6 and pid[5] is not None:
-      raise ValueError("storage views are not supported in network pickles")
-    ref = _StorageRef(kind, key, _ints("storage size", (numel,))[0])
-    self.refs.append(ref)
-    return ref
-
-
-def _read_storage(data: bytes) -> np.ndarray:
-  """The elements of the single storage that a `torch.save` stream (legacy or zip) holds."""
-  if data.startswith(b"PK\x03\x04"):
-    return _read_zip_storage(data)
-  f = io.BytesIO(data)
-  if _StorageUnpickler(f).load() != _LEGACY_MAGIC:
-    raise ValueError("storage bytes are not a torch.save stream (bad magic number)")
-  if _StorageUnpickler(f).load() != _LEGACY_PROTOCOL:
-    raise ValueError("unsupported torch.save protocol in storage bytes")
-  _StorageUnpickler(f).load()  # sys_info
-  unpickler = _StorageUnpickler(f)
-  ref = unpickler.load()
-  keys = _StorageUnpickler(f).load()
-  if not isinstance(ref, _StorageRef) or keys != [ref.key]:
-    raise ValueError("storage bytes hold something other than exactly one storage")
-  head = f.read(8)
-  if len(head) != 8:
-    raise ValueError("storage bytes end before the element count")
-  (count,) = struct.unpack("<q", head)
-  size = ref.kind.dtype.itemsize
-  if count != ref.numel or len(data) - f.tell() < count * size:
-    raise ValueError(f"storage of {ref.numel} elements has {count} counted, "
-                     f"{len(data) - f.tell()} bytes left")
-  return _decode(f.read(count * size), ref)
-
-
-def _read_zip_storage(data: bytes) -> np.ndarray:
-  with zipfile.ZipFile(io.BytesIO(data)) as zf:
-    names = zf.namelist()
-    pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
-    if len(pickles) != 1:
-      raise ValueError("storage bytes: a zip archive without one '<folder>/data.pkl'")
-    prefix = pickles[0][:-len("data.pkl")]
-    ref = _StorageUnpickler(io.BytesIO(zf.read(pickles[0]))).load()
-    if not isinstance(ref, _StorageRef):
-      raise ValueError("storage bytes hold something other than a storage")
-    raw = zf.read(f"{prefix}data/{ref.key}")
-  if len(raw) < ref.numel * ref.kind.dtype.itemsize:
-    raise ValueError(f"storage record has {len(raw)} bytes for {ref.numel} elements")
-  return _decode(raw[:ref.numel * ref.kind.dtype.itemsize], ref)
-
-
-def _decode(raw: bytes, ref: _StorageRef) -> np.ndarray:
-  array = np.frombuffer(raw, ref.kind.dtype, count=ref.numel).astype(
-      ref.kind.dtype.newbyteorder("="))
-  if ref.kind.name == "BFloat16Storage":
-    array = (array.astype(np.uint32) << 16).view(np.float32)
-  return array
-
-
 # --- Public API --------------------------------------------------------------------------------
 
 
@@ -309,18 +213,21 @@ def load(path: str | os.PathLike) -> Any:
       if head.startswith(b"PK\x03\x04") or not head.startswith(b"\x80"):
         raise PklError(f"{path}: not a pickle (it starts with {head!r}); NVlabs network "
                        f"snapshots are plain pickles, torch.save files are read by ports.pth")
-      return _Unpickler(f).load()
+      checked = pth.scan_pickle(f, os.fstat(f.fileno()).st_size, path)
+      return _Unpickler(io.BytesIO(checked)).load()
   except PklError:
     raise
+  except pth.PthError as e:  # the scan (its message names `path`), or a storage stream's
+    text = str(e)
+    raise PklError(text if text.startswith(path) else f"{path}: {text}") from None
   except _Refused as e:
     raise PklError(f"{path}: refusing to unpickle global '{e}'; an NVlabs network pickle needs "
                    f"only: {', '.join(sorted(f'{m}.{n}' for m, n in [*_FUNCTIONS, *_CLASSES]))}"
                    f" (and torch storage classes inside tensor bytes)") from None
   except OSError as e:
     raise PklError(f"{path}: cannot read the file: {e}") from e
-  except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, TypeError, KeyError,
-          IndexError, AttributeError, OverflowError, RecursionError, struct.error,
-          UnicodeDecodeError, MemoryError) as e:
+  except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
+          AttributeError, OverflowError, RecursionError, UnicodeDecodeError, MemoryError) as e:
     raise PklError(f"{path}: corrupt or unsupported network pickle: "
                    f"{type(e).__name__}: {e}") from e
 

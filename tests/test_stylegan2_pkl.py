@@ -12,6 +12,7 @@ import collections
 import os
 import pickle
 import sys
+import tracemalloc
 import types
 
 import numpy as np
@@ -215,3 +216,18 @@ def test_other_refusals(tmp_path, payload, match):
   path.write_bytes(payload)
   with pytest.raises(stylegan2_pkl.PklError, match=match):
     stylegan2_pkl.load(path)
+
+
+def test_declared_huge_memo_index_is_refused_before_allocation(tmp_path):
+  """LONG_BINPUT at memo index 2**32 - 1 in an 11-byte file (the C unpickler would size its memo
+  for it first): the opcode scan refuses it unread."""
+  path = tmp_path / "huge.pkl"
+  path.write_bytes(b"\x80\x02Nr\xff\xff\xff\xff.")
+  tracemalloc.start()
+  try:
+    with pytest.raises(stylegan2_pkl.PklError, match=r"huge.pkl: pickle memo index 4294967295"):
+      stylegan2_pkl.load(path)
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  assert peak < 16 << 20, peak
