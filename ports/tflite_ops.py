@@ -87,35 +87,36 @@ def _strides(o: dict[str, Any], op: Operator) -> tuple[int, int]:
   return o["stride_h"], o["stride_w"]
 
 
-def conv_2d(op: Operator, args: Sequence[Value], _: Sequence[tuple[int, ...]]) -> list[Value]:
-  """CONV_2D: filter `[out, kh, kw, in]`, optional bias, fused activation."""
-  x, w, o = args[0], jnp.asarray(args[1]), op.options
+def _conv(op: Operator, args: Sequence[Value], hwio: jax.Array, groups: int) -> list[Value]:
+  """The convolution both conv ops run: `hwio` filter, the op's strides, padding, dilation,
+  bias and fused activation."""
+  x, o = args[0], op.options
   dil = (o["dilation_h"], o["dilation_w"])
-  _, kh, kw, cin = w.shape
-  groups = x.shape[-1] // cin if cin else 0
-  if not cin or x.shape[-1] % cin:
-    raise TFLiteError(f"CONV_2D: input has {x.shape[-1]} channels, filter takes {cin}")
+  kh, kw = hwio.shape[:2]
   y = jax.lax.conv_general_dilated(
-      x, jnp.transpose(w, (1, 2, 3, 0)), _strides(o, op), _pads(x, kh, kw, o, op, dil),
-      rhs_dilation=dil, dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups,
+      x, hwio, _strides(o, op), _pads(x, kh, kw, o, op, dil), rhs_dilation=dil,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups,
       precision=_HIGHEST)
   return [_activation(_bias(y, args), o["activation"], op)]
+
+
+def conv_2d(op: Operator, args: Sequence[Value], _: Sequence[tuple[int, ...]]) -> list[Value]:
+  """CONV_2D: filter `[out, kh, kw, in]`, optional bias, fused activation."""
+  x, w = args[0], jnp.asarray(args[1])
+  cin = w.shape[3]
+  if not cin or x.shape[-1] % cin:
+    raise TFLiteError(f"CONV_2D: input has {x.shape[-1]} channels, filter takes {cin}")
+  return _conv(op, args, jnp.transpose(w, (1, 2, 3, 0)), x.shape[-1] // cin)
 
 
 def depthwise_conv_2d(op: Operator, args: Sequence[Value], _: Sequence[tuple[int, ...]]
                       ) -> list[Value]:
   """DEPTHWISE_CONV_2D: filter `[1, kh, kw, in * multiplier]`; output c*m+j reads input c."""
-  x, w, o = args[0], jnp.asarray(args[1]), op.options
-  dil = (o["dilation_h"], o["dilation_w"])
-  _, kh, kw, cout = w.shape
-  cin = x.shape[-1]
+  x, w = args[0], jnp.asarray(args[1])
+  cout, cin = w.shape[3], x.shape[-1]
   if cout % cin:
     raise TFLiteError(f"DEPTHWISE_CONV_2D: {cout} filter channels for {cin} input channels")
-  y = jax.lax.conv_general_dilated(
-      x, jnp.transpose(w, (1, 2, 0, 3)), _strides(o, op), _pads(x, kh, kw, o, op, dil),
-      rhs_dilation=dil, dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=cin,
-      precision=_HIGHEST)
-  return [_activation(_bias(y, args), o["activation"], op)]
+  return _conv(op, args, jnp.transpose(w, (1, 2, 0, 3)), cin)
 
 
 def transpose_conv_bias(op: Operator, args: Sequence[Value], out_shapes: Sequence[tuple[int, ...]]
