@@ -19,12 +19,15 @@ running the stage again.
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from typing import Any
 
 import numpy as np
 
-from jaxdissect import sharding, thresholds
+from jaxdissect import sharding, smallfile, thresholds
 from jaxdissect.latents import pad_rows
+from jaxdissect.npyfile import read_npy
 from jaxdissect.stats import levels
 from jaxdissect.stats.topk import largest_values
 from jaxdissect.upsample import upsample
@@ -114,24 +117,36 @@ def given_levels(given: Any, layer: str, units: int) -> np.ndarray:
   return value
 
 
+_MAX_THRESHOLDS_JSON = 256 << 20  # as a dissect.json may be (report.reader.MAX_DOC_BYTES)
+
+
 def load_thresholds(path: str, layers: tuple[str, ...]) -> dict[str, np.ndarray]:
   """Per-layer levels from `path`: `.npy` (one layer: `[U]`), `.npz` (one array per layer name),
-  or `.json` (`{layer: [levels]}`, or a `dissect.json`, whose units' thresholds are read)."""
-  import json  # pylint: disable=g-import-not-at-top
+  or `.json` (`{layer: [levels]}`, or a `dissect.json`, whose units' thresholds are read).
+  Raises ValueError (one line naming the file) for anything unreadable or misshapen."""
   if path.endswith(".npy"):
     if len(layers) != 1:
       raise ValueError(f"{path} holds one layer's thresholds but {len(layers)} layers are "
                        "dissected; use a .npz or .json keyed by layer")
-    return {layers[0]: np.load(path, allow_pickle=False)}
+    return {layers[0]: read_npy(path)}
   if path.endswith(".npz"):
-    with np.load(path, allow_pickle=False) as data:
-      return {k: data[k] for k in data.files}
+    try:
+      with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError,
+            RuntimeError, zlib.error) as e:
+      raise ValueError(f"thresholds file {path}: not a readable .npz ({type(e).__name__}: "
+                       f"{smallfile.one_line(e)})") from None
   if path.endswith(".json"):
-    with open(path) as f:
-      doc = json.load(f)
-    if isinstance(doc, dict) and isinstance(doc.get("layers"), list):
-      return {entry["layer"]: np.array([u["threshold"] for u in entry["units"]], np.float32)
-              for entry in doc["layers"]}
-    if isinstance(doc, dict):
-      return {k: np.asarray(v, np.float32) for k, v in doc.items()}
+    try:
+      doc = smallfile.read_json(path, _MAX_THRESHOLDS_JSON, "thresholds file")
+      if isinstance(doc, dict) and isinstance(doc.get("layers"), list):
+        return {entry["layer"]: np.array([u["threshold"] for u in entry["units"]], np.float32)
+                for entry in doc["layers"]}
+      if isinstance(doc, dict):
+        return {k: np.asarray(v, np.float32) for k, v in doc.items()}
+      raise ValueError(f"it holds a JSON {type(doc).__name__}, not an object")
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError) as e:
+      raise ValueError(f"thresholds file {path}: not readable levels ({type(e).__name__}: "
+                       f"{smallfile.one_line(e)})") from None
   raise ValueError(f"thresholds file {path!r}: expected .npy, .npz or .json")
