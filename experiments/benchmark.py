@@ -18,6 +18,10 @@ Command for bfloat16 against float32 on the scene world (`--light_n` images; a f
 
   python -m experiments.benchmark --what=bf16 --out benchmark_bf16.json
 
+Command for one training step of the scene ProgGAN against the scene StyleGAN2 (a minute or two):
+
+  python -m experiments.benchmark --what=train --repeats 5 --out benchmark_train.json
+
 Command for dissection against a bare generator+segmenter pass (`--parts` picks a subset):
 
   python -m experiments.benchmark --what=dissect --out benchmark_dissect.json
@@ -71,9 +75,9 @@ import jax
 
 from experiments.benchmarks import (bf16, dissect_heavy, dissect_light, dissect_memory,
                                     dissect_scaling, gpu_heavy, markdown, proggan_memory, stats,
-                                    sweep, versus_original)
+                                    sweep, train_step, versus_original)
 
-_WHAT = flags.DEFINE_enum("what", "stats", ["stats", "dissect", "sweep", "bf16"],
+_WHAT = flags.DEFINE_enum("what", "stats", ["stats", "dissect", "sweep", "bf16", "train"],
                           "stats: statistics core vs generator; dissect: one-pass dissection vs "
                           "a bare generator+segmenter pass.")
 _OUT = flags.DEFINE_string("out", None, "Where to write the JSON results (default "
@@ -93,6 +97,7 @@ _LIGHT_N = flags.DEFINE_integer("light_n", 1000, "Images of the scene-world work
 _LIGHT_BATCH = flags.DEFINE_integer("light_batch", 100, "Batch size of the scene-world workload.")
 _HEAVY_N = flags.DEFINE_integer("heavy_n", 200, "Images of the ProgGAN-256 workload.")
 _HEAVY_BATCH = flags.DEFINE_integer("heavy_batch", 10, "Batch size of the ProgGAN-256 workload.")
+_TRAIN_STEPS = flags.DEFINE_integer("train_steps", 20, "Steps per round of --what=train.")
 _SWEEP_N = flags.DEFINE_integer("sweep_n", 100, "Images of the ablation sweep benchmark.")
 _SWEEP_BATCH = flags.DEFINE_integer("sweep_batch", 50, "Images per batch of the sweep benchmark.")
 _SWEEP_CHUNKS = flags.DEFINE_list("sweep_chunks", ["16"], "Edits per vmapped call to time.")
@@ -191,6 +196,9 @@ def main(argv):
                 lambda r: sweep.log_summary(r["sweep"])),
       "bf16": ("benchmark_bf16.json", lambda: bf16.bench_bf16(_LIGHT_N.value, _LIGHT_BATCH.value),
                lambda r: bf16.log_summary(r["bf16"])),
+      "train": ("benchmark_train.json",
+                lambda: train_step.bench_train_step(repeats, _TRAIN_STEPS.value, 16),
+                lambda r: train_step.log_summary(r["train_step"])),
   }
   default_out, bench, report = benches[_WHAT.value]
   result.update(bench())

@@ -1,8 +1,9 @@
 """Checks the scene GAN against rendered scenes, as seen by the scene segmenter.
 
-Command (about 1 min on 2 CPU cores):
+Commands (about 1 min on 2 CPU cores each):
 
   python -m experiments.eval_sceneworld --n 2000
+  python -m experiments.eval_sceneworld --n 2000 --arch stylegan2
 
 The GAN is what jaxdissect dissects by default, so it must draw the scene world's concepts about
 as often and as large as the world itself does; the segmenter is the instrument that says what
@@ -20,8 +21,10 @@ was drawn. On `n` generated images (`standard_z(n, seed, gan.ZDIM)`) and `n` ren
     and real images, next to the same distance between two disjoint real sets (`render(n,
     real_seed, start=n)`), the noise floor at this `n`.
 
-Quality gates: `tv <= 0.05` and every ratio `>= 0.5`. Writes `--out` (JSON, default
-`jaxdissect/sceneworld/weights/eval.json`), an 8x8 grid of generated images to `--samples`, and
+Quality gates: `tv <= 0.05` and every ratio `>= 0.5`. `--arch stylegan2` measures the scene
+StyleGAN2 (`jaxdissect.sceneworld.stylegan`) against the same gates. Writes `--out` (JSON, default
+`jaxdissect/sceneworld/weights/eval.json`, `stylegan2_eval.json` for the StyleGAN2), an 8x8 grid
+of generated images to `--samples` (`samples.png`, `stylegan2_samples.png`), and
 logs a Markdown table. Exits 1 if a gate fails (`--nofail_on_gate` to only report).
 """
 
@@ -39,7 +42,7 @@ from PIL import Image
 
 from experiments.progress import progress
 from jaxdissect.realism import frechet_distance
-from jaxdissect.sceneworld import gan, render
+from jaxdissect.sceneworld import gan, render, stylegan
 from jaxdissect.sceneworld import segmenter as scene_segmenter
 from jaxdissect.sceneworld.render import CONCEPTS
 from jaxdissect.zsample import z_batches
@@ -51,17 +54,23 @@ _SEED = flags.DEFINE_integer("seed", 1, "standard_z seed of the generated images
 _REAL_SEED = flags.DEFINE_integer("real_seed", 2, "render seed of the real images.")
 _BATCH = flags.DEFINE_integer("batch_size", 100, "Images per batch.")
 _MIN_PIXELS = flags.DEFINE_integer("min_pixels", 4, "Pixels a concept needs to count as present.")
-_GENERATOR = flags.DEFINE_string("generator", gan.DEFAULT_PATH, "Generator checkpoint.")
+_ARCH = flags.DEFINE_enum("arch", "proggan", ["proggan", "stylegan2"], "Which scene GAN.")
+_GENERATOR = flags.DEFINE_string("generator", None, "Generator checkpoint (default: the shipped "
+                                 "weights of --arch).")
 _SEGMENTER = flags.DEFINE_string("segmenter", scene_segmenter.DEFAULT_PATH, "Segmenter checkpoint.")
-_OUT = flags.DEFINE_string("out", os.path.join(_WEIGHTS, "eval.json"), "JSON output.")
-_SAMPLES = flags.DEFINE_string("samples", os.path.join(_WEIGHTS, "samples.png"),
-                               "PNG grid of 64 generated images.")
+_OUT = flags.DEFINE_string("out", None, "JSON output (default weights/eval.json, "
+                           "weights/stylegan2_eval.json).")
+_SAMPLES = flags.DEFINE_string("samples", None, "PNG grid of 64 generated images (default "
+                               "weights/samples.png, weights/stylegan2_samples.png).")
 _FAIL = flags.DEFINE_boolean("fail_on_gate", True, "Exit 1 when a quality gate fails.")
 _QUIET = flags.DEFINE_boolean("quiet", False, "No progress bar.")
 
 TV_GATE = 0.05
 RATIO_GATE = 0.5
 NUM_CONCEPTS = len(CONCEPTS)
+# --arch: (loader of a checkpoint path, default path, default output prefix).
+_ARCHS = {"proggan": (gan.load_generator, gan.DEFAULT_PATH, ""),
+          "stylegan2": (stylegan.load_generator, stylegan.DEFAULT_PATH, "stylegan2_")}
 
 
 def concept_pixel_counts(labels: jax.Array) -> jax.Array:
@@ -164,7 +173,11 @@ def markdown_table(result: dict[str, Any]) -> str:
 def main(argv):
   del argv
   n, bs = _N.value, _BATCH.value
-  generator = gan.load_generator(_GENERATOR.value)
+  load, default_path, prefix = _ARCHS[_ARCH.value]
+  path = _GENERATOR.value or default_path
+  out = _OUT.value or os.path.join(_WEIGHTS, f"{prefix}eval.json")
+  samples = _SAMPLES.value or os.path.join(_WEIGHTS, f"{prefix}samples.png")
+  generator = load(path)
   seg = scene_segmenter.load_segmenter(_SEGMENTER.value)
   measure = make_measure(seg.params)
   truth: list[np.ndarray] = []
@@ -184,19 +197,19 @@ def main(argv):
                      "tv_ok": result["tv_distance"] <= TV_GATE,
                      "frequency_ok": result["min_frequency_ratio"] >= RATIO_GATE}
   result["settings"] = {"n": n, "seed": _SEED.value, "real_seed": _REAL_SEED.value,
-                        "min_pixels": _MIN_PIXELS.value, "generator": _GENERATOR.value,
+                        "min_pixels": _MIN_PIXELS.value, "arch": _ARCH.value, "generator": path,
                         "segmenter": _SEGMENTER.value,
                         "generated": "gan(standard_z(n, seed, gan.ZDIM))",
                         "real": "render(n, real_seed); second real set render(n, real_seed, "
                                 "start=n)"}
-  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-  with open(_OUT.value, "w") as f:
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  with open(out, "w") as f:
     json.dump(result, f, indent=2)
   z = next(z_batches(64, _SEED.value, 64, gan.ZDIM))[1]
   grid = gan.image_grid(np.asarray(generator.apply_fn(generator.params, z)[0]))
-  Image.fromarray(grid).save(_SAMPLES.value, optimize=True)
-  logging.info("scene GAN vs rendered scenes, n=%d:\n%s\nwrote %s and %s", n,
-               markdown_table(result), _OUT.value, _SAMPLES.value)
+  Image.fromarray(grid).save(samples, optimize=True)
+  logging.info("scene %s vs rendered scenes, n=%d:\n%s\nwrote %s and %s", _ARCH.value, n,
+               markdown_table(result), out, samples)
   if _FAIL.value and not (result["gates"]["tv_ok"] and result["gates"]["frequency_ok"]):
     raise SystemExit(f"quality gate failed: {result['gates']}")
 

@@ -8,7 +8,9 @@ depends on a port and asking for one model never loads another's weights.
 A spec is one of (tried in this order):
 
   1. A registered name: generators `sceneworld` (the default: its trained weights ship inside the
-     package, so a first run needs no files and no network), `planted` and `facegan` (a real 64x64
+     package, so a first run needs no files and no network), `sceneworld-stylegan2` (a StyleGAN2
+     trained on the same scenes, also shipped; `args` truncation_psi, noise, noise_seed,
+     latent_space), `planted` and `facegan` (a real 64x64
      face DCGAN whose weights come with `pip install --no-deps gan-face-generate`); segmenters
      `sceneworld`, `planted`, `color` (weightless, for any generator's images) and `faceparts`
      (face parts from the trained models of `pip install --no-deps mediapipe==0.10.21`);
@@ -83,6 +85,13 @@ def _sceneworld_generator() -> Generator:
 def _sceneworld_segmenter() -> Segmenter:
   from jaxdissect.sceneworld import segmenter  # pylint: disable=g-import-not-at-top
   return segmenter.load_segmenter()
+
+
+def _sceneworld_stylegan2_generator(truncation_psi: float = 1.0, noise: str = "const",
+                                    noise_seed: int = 0, latent_space: str = "z") -> Generator:
+  from jaxdissect.sceneworld import stylegan  # pylint: disable=g-import-not-at-top
+  return stylegan.load_generator(truncation_psi=truncation_psi, noise=noise,
+                                 noise_seed=noise_seed, latent_space=latent_space)
 
 
 def _planted_generator() -> Generator:
@@ -200,6 +209,7 @@ _PLACES365_CLASSES = 365
 # Registered names: zero-argument loaders (or loaders whose keyword arguments come from `args`).
 GENERATORS: dict[str, Callable[..., Generator]] = {
     "sceneworld": _sceneworld_generator,
+    "sceneworld-stylegan2": _sceneworld_stylegan2_generator,
     "planted": _planted_generator,
     "facegan": _facegan_generator,
 }
@@ -216,6 +226,7 @@ CLASSIFIERS: dict[str, Callable[..., Classifier]] = {
 # listed here uses the segmenter of its own name if there is one, else "color".
 DEFAULT_SEGMENTERS: dict[str, str] = {
     "sceneworld": "sceneworld",
+    "sceneworld-stylegan2": "sceneworld",
     "planted": "planted",
     "facegan": "color",
 }

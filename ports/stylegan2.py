@@ -560,6 +560,30 @@ def random_state_dict(cfg: Config, seed: int) -> dict[str, np.ndarray]:
   return sd
 
 
+def initial_state_dict(cfg: Config, seed: int) -> dict[str, np.ndarray]:
+  """A fresh NVlabs-layout state dict initialised as the original does before training.
+
+  Weights N(0, 1) (mapping weights N(0, 1) / lr multiplier), `const` and `noise_const` N(0, 1),
+  affine biases 1, all other biases, noise strengths and `w_avg` 0; from
+  `numpy.random.default_rng(seed)`, keys drawn in `expected_shapes` order.
+  """
+  rng = np.random.default_rng(seed)
+  sd = {}
+  for key, shape in expected_shapes(cfg).items():
+    if key.endswith("resample_filter"):
+      v = cfg.filter()
+    elif key.endswith("affine.bias"):
+      v = np.ones(shape)
+    elif key.endswith(("bias", "noise_strength")) or key == "mapping.w_avg":
+      v = np.zeros(shape)
+    elif key.startswith("mapping.fc"):
+      v = rng.standard_normal(shape) / cfg.mapping_lr_multiplier
+    else:
+      v = rng.standard_normal(shape)
+    sd[key] = np.asarray(v, np.float32)
+  return sd
+
+
 def make_generator(cfg: Config, seed: int = 0, **options: Any) -> Generator:
   """A generator with `random_state_dict(cfg, seed)` weights (`options` as `from_state_dict`)."""
   sd = random_state_dict(cfg, seed)

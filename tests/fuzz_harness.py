@@ -281,6 +281,7 @@ def formats() -> dict[str, Format]:
   add("png-mask", _mask_format)
   add("dissect-json", _dissect_format)
   add("units-json", _units_format)
+  add("ablation-json", _ablation_format)
   add("class-names", _class_names_format)
   add("upp-labels", _labels_format)
   add("latest-json", _latest_format)
@@ -329,6 +330,15 @@ def _units_format() -> Format:
   from jaxdissect.report import reader
   docs = [{"layer": "layer1", "concept": "sky", "alpha": [0.0, 1.0, 0.25, 1e-3]}]
   return Format(lambda w: _seed_json(w, docs, "units-sky.json"), reader.read_unit_set,
+                reader.DissectionReadError, mutate_text)
+
+
+def _ablation_format() -> Format:
+  from jaxdissect.report import reader
+  docs = [{"model": "sceneworld", "segmenter": "sceneworld", "layer": "layer4", "concept": "tree",
+           "rankings": {"iou": {"units": [3, 1], "removed": [0.0, 0.5, 0.75],
+                                "ci99": [0.0, 0.05, 0.02]}}}]
+  return Format(lambda w: _seed_json(w, docs, "ablation-tree.json"), reader.read_ablation,
                 reader.DissectionReadError, mutate_text)
 
 

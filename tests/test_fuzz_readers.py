@@ -30,7 +30,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 _GROUPS = {  # child process -> (formats, damaged copies per format, address-space headroom MiB)
     "torch": (("pth-zip", "pth-legacy"), 3000, 256),
     "files": (("npy", "png-image", "jpeg-image", "png-mask", "dissect-json", "units-json",
-               "class-names", "upp-labels", "latest-json"), 1000, 256),
+               "ablation-json", "class-names", "upp-labels", "latest-json"), 1000, 256),
     "orbax": (("orbax",), 1000, 512),  # tensorstore's threads reserve address space
 }
 _CASES = [(fmt, group) for group, (formats, _, _) in _GROUPS.items() for fmt in formats]

@@ -71,7 +71,7 @@ def test_default_segmenter_of_other_specs(spec):
 def test_describe_specs_lists_names_kinds_and_imports():
   model, seg = zoo.describe_specs("model"), zoo.describe_specs("segmenter")
   assert zoo.describe_specs("generator") == model and "\n" not in model + seg
-  assert "'sceneworld', 'planted', 'facegan'" in model and "proggan:PATH.pth" in model
+  assert "'sceneworld', 'sceneworld-stylegan2', 'planted', 'facegan'" in model and "proggan:PATH.pth" in model
   assert "facegan:PATH" in model and "package.module:factory" in model and "upp:" not in model
   assert "'color'" in seg and "semseg:ENC.pth,DEC.pth,ARCH" in seg and "upp:FOLDER" in seg
   assert "proggan:" not in seg

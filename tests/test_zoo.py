@@ -16,7 +16,7 @@ def test_planted_world_loads_by_name():
 
 
 def test_unknown_name_lists_choices():
-  with pytest.raises(zoo.SpecError, match="unknown model 'progan'.*'sceneworld', 'planted'"):
+  with pytest.raises(zoo.SpecError, match="unknown model 'progan'.*'sceneworld', 'sceneworld-stylegan2', 'planted'"):
     zoo.load_generator("progan")
   with pytest.raises(zoo.SpecError, match="unknown segmenter 'upp'"):
     zoo.load_segmenter("upp")

@@ -139,6 +139,51 @@ def read_unit_set(path: str) -> tuple[str, str, np.ndarray]:
     raise DissectionReadError(f"{path} is not a readable unit set ({smallfile.one_line(e, 300)})") from None
 
 
+MAX_RESULT_BYTES = 64 << 20  # an ablation result of 30 units is ~10 kB
+
+
+class AblationCurve(NamedTuple):
+  """One ranking's curve of an ablation result: `removed[k]` and its 99% half-width `ci99[k]`
+  after ablating the first k of `units` (k = 0 .. len(units))."""
+
+  units: tuple[int, ...]
+  removed: tuple[float, ...]
+  ci99: tuple[float, ...]
+
+
+class AblationRecord(NamedTuple):
+  """An `ablation-<concept>.json` of `experiments.ablate`: curves of one concept and layer."""
+
+  model: str
+  layer: str
+  concept: str
+  rankings: dict[str, AblationCurve]
+
+
+def read_ablation(path: str) -> AblationRecord:
+  """Reads and validates an ablation result; raises DissectionReadError (one line, naming it)."""
+  try:
+    doc = _mapping(smallfile.read_json(path, MAX_RESULT_BYTES, "ablation result"), path)
+    rankings = {}
+    for name, r in _mapping(doc.get("rankings"), f"{path}: rankings").items():
+      at = f"{path}: ranking {str(name)[:40]!r}"
+      r = _mapping(r, at)
+      units = tuple(_int(u, at) for u in _list(r, "units", at))
+      removed = tuple(_float(v, at) for v in _list(r, "removed", at))
+      ci = tuple(_float(v, at) for v in _list(r, "ci99", at))
+      if not len(removed) == len(ci) == len(units) + 1:
+        raise DissectionReadError(f"{at}: {len(units)} units need {len(units) + 1} 'removed' and "
+                                  f"'ci99' values, found {len(removed)} and {len(ci)}")
+      rankings[str(name)] = AblationCurve(units, removed, ci)
+    return AblationRecord(_text(doc, "model", path), _text(doc, "layer", path),
+                          _text(doc, "concept", path), rankings)
+  except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+    if isinstance(e, DissectionReadError):
+      raise
+    raise DissectionReadError(f"{path} is not a readable ablation result "
+                              f"({smallfile.one_line(e, 300)})") from None
+
+
 def read_folder(folder: str) -> Dissection:
   """`read_dissection`, or where only the report was kept, the copy embedded in report.html."""
   if os.path.isfile(os.path.join(folder, "dissect.json")):

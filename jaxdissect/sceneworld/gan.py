@@ -217,11 +217,15 @@ def make_optimizer(lr: float) -> optax.GradientTransformation:
 
 
 def init_train_state(seed: int, lr: float, sizes: tuple[int, ...] = SIZES,
-                     d_sizes: tuple[int, ...] = D_SIZES) -> TrainState:
-  """A fresh training state; all randomness derives from `seed`."""
+                     d_sizes: tuple[int, ...] = D_SIZES,
+                     init_g: Callable[[jax.Array], Any] | None = None) -> TrainState:
+  """A fresh training state; all randomness derives from `seed`.
+
+  `init_g(key)` makes the generator's params (default: the ProgGAN of `sizes`).
+  """
   key = jax.random.PRNGKey(seed)
   kg, kd, key = jax.random.split(key, 3)
-  g = init_generator_params(kg, sizes)
+  g = init_g(kg) if init_g is not None else init_generator_params(kg, sizes)
   d = init_discriminator_params(kd, d_sizes)
   opt = make_optimizer(lr)
   ema = jax.tree.map(jnp.copy, g)   # a separate buffer: train_step donates the whole state
@@ -231,22 +235,34 @@ def init_train_state(seed: int, lr: float, sizes: tuple[int, ...] = SIZES,
 def make_train_step(sizes: tuple[int, ...], d_sizes: tuple[int, ...], lr: float, r1: float,
                     r1_every: int, ema_decay: float
                     ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
-  """A jitted `train_step(state, reals, with_r1) -> (state, metrics)`.
+  """The ProgGAN of `sizes`' jitted `train_step(state, reals, with_r1) -> (state, metrics)`."""
+  g_apply = proggan.make_apply_fn(sizes)
+  return make_adversarial_step(lambda g, z, key: (g_apply(g, z)[0], None), sizes[0], d_sizes,
+                               lr, r1, r1_every, ema_decay)
 
+
+def make_adversarial_step(generate: Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, Any]],
+                          zdim: int, d_sizes: tuple[int, ...], lr: float, r1: float,
+                          r1_every: int, ema_decay: float,
+                          after_g_step: Callable[[Any, Any], Any] | None = None
+                          ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+  """A jitted `train_step(state, reals, with_r1) -> (state, metrics)` for any generator.
+
+  `generate(g, z, key) -> (images, aux)` draws images (`key` is fresh per call, for a
+  generator's noise inputs); `after_g_step(g, aux) -> g` (optional) updates the generator's
+  params after its optimizer step with the G step's `aux` (StyleGAN2's running mean of w).
   One D step (non-saturating loss; plus `r1_every * r1/2 * |grad D(real)|^2` when `with_r1`,
   a static flag, so exactly two compilations) then one G step, then the EMA update. Latents come
   from `fold_in(state.key, step)`, so a resumed run draws the same ones.
   """
-  g_apply = proggan.make_apply_fn(sizes)
   disc = Discriminator(tuple(d_sizes))
   opt = make_optimizer(lr)
-  zdim = sizes[0]
 
   def d_apply(d, x):
     return disc.apply({"params": d}, x)
 
-  def d_loss_fn(d, g, z, reals, with_r1):
-    fakes = g_apply(g, z)[0]
+  def d_loss_fn(d, g, z, key, reals, with_r1):
+    fakes = generate(g, z, key)[0]
     real_logits, vjp = jax.vjp(lambda x: d_apply(d, x), reals)
     fake_logits = d_apply(d, jax.lax.stop_gradient(fakes))
     loss = jnp.mean(jax.nn.softplus(fake_logits)) + jnp.mean(jax.nn.softplus(-real_logits))
@@ -258,9 +274,9 @@ def make_train_step(sizes: tuple[int, ...], d_sizes: tuple[int, ...], lr: float,
       loss = loss + penalty * (0.5 * r1 * r1_every)
     return loss, (penalty, jnp.mean(real_logits), jnp.mean(fake_logits))
 
-  def g_loss_fn(g, d, z):
-    fakes = g_apply(g, z)[0]
-    return jnp.mean(jax.nn.softplus(-d_apply(d, fakes)))
+  def g_loss_fn(g, d, z, key):
+    fakes, aux = generate(g, z, key)
+    return jnp.mean(jax.nn.softplus(-d_apply(d, fakes))), aux
 
   @functools.partial(jax.jit, static_argnames="with_r1", donate_argnums=0)
   def train_step(state: TrainState, reals: jax.Array, with_r1: bool = False):
@@ -269,13 +285,17 @@ def make_train_step(sizes: tuple[int, ...], d_sizes: tuple[int, ...], lr: float,
     b = reals.shape[0]
     z_d = jax.random.normal(kd, (b, zdim))
     (d_loss, (penalty, real_logit, fake_logit)), d_grad = jax.value_and_grad(
-        d_loss_fn, has_aux=True)(state.d, state.g, z_d, reals, with_r1)
+        d_loss_fn, has_aux=True)(state.d, state.g, z_d, jax.random.fold_in(kd, 1), reals,
+                                 with_r1)
     d_updates, d_opt = opt.update(d_grad, state.d_opt, state.d)
     d = optax.apply_updates(state.d, d_updates)
     z_g = jax.random.normal(kg, (b, zdim))
-    g_loss, g_grad = jax.value_and_grad(g_loss_fn)(state.g, d, z_g)
+    (g_loss, aux), g_grad = jax.value_and_grad(g_loss_fn, has_aux=True)(
+        state.g, d, z_g, jax.random.fold_in(kg, 1))
     g_updates, g_opt = opt.update(g_grad, state.g_opt, state.g)
     g = optax.apply_updates(state.g, g_updates)
+    if after_g_step is not None:
+      g = after_g_step(g, aux)
     t = state.step.astype(jnp.float32)
     decay = jnp.minimum(ema_decay, (1.0 + t) / (10.0 + t))
     ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema, g)
