@@ -23,8 +23,11 @@ average (EMA) of the generator weights. Every step sees a freshly rendered batch
 `--arch stylegan2` trains `jaxdissect.sceneworld.stylegan` (the `ports.stylegan2` generator with
 the same channels per resolution) with the same discriminator, loss, R1, EMA, batches and
 learning rate; defaults then go to `results/train_stylegan2` and
-`jaxdissect/sceneworld/weights/stylegan2`. About 0.6 s/step alone on 2 CPU cores (the ProgGAN's
-0.3 s/step in the same run): its up-sampling convs run on zero-inserted maps, as the original's.
+`jaxdissect/sceneworld/weights/stylegan2`. A step costs 1.96x the ProgGAN's (0.45 against 0.23
+s/step in one `python -m experiments.benchmark --what=train` run on 2 CPU cores): its up-sampling
+convs run on zero-inserted maps, as the original's. The shipped 7,000 steps took 69 minutes
+(R1 steps, saves and other jobs included) and miss the TV gate of `eval_sceneworld` (0.067 > 0.05;
+README "Two architectures on one world").
 
 Every `--save_every` steps it writes
   * `WORKDIR/state`: everything needed to resume (G, D, EMA, optimizer states, step, seed key);

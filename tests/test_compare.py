@@ -24,10 +24,11 @@ def _folder(tmp_path, name, layers, model):
   return folder, doc
 
 
-def _ablation(folder, concept, removed, ci, ranking="ace", layer="l1"):
+def _ablation(folder, concept, removed, ci, ranking="ace", layer="l1", baseline=0.0125):
   units = list(range(len(removed) - 1))
   doc = {"model": "m", "segmenter": "s", "layer": layer, "concept": concept,
-         "rankings": {ranking: {"units": units, "removed": removed, "ci99": ci}}}
+         "rankings": {ranking: {"units": units, "removed": removed, "ci99": ci,
+                                "baseline": baseline}}}
   (folder / f"ablation-{concept}.json").write_text(json.dumps(doc))
 
 
@@ -58,8 +59,8 @@ def test_ablation_curve_is_the_first_ranking_the_result_has(tmp_path):
   s = compare.summarize(read_dissection(str(folder)), ablations=[record])
   assert s.name == "pg"
   curve = compare.comparison_doc([s], ["tree"], ("ace", "iou"))["models"][0]["ablations"]["tree"]
-  assert curve == {"layer": "l1", "ranking": "iou", "units": [0, 1], "removed": [0.0, 0.5, 0.7],
-                   "ci99": [0.0, 0.1, 0.05]}
+  assert curve == {"layer": "l1", "ranking": "iou", "baseline": 0.0125, "units": [0, 1],
+                   "removed": [0.0, 0.5, 0.7], "ci99": [0.0, 0.1, 0.05]}
   assert compare.comparison_doc([s], ["tree"], ("ace",))["models"][0]["ablations"]["tree"] is None
 
 
@@ -69,6 +70,7 @@ def test_ablation_curve_is_the_first_ranking_the_result_has(tmp_path):
     lambda d: d["rankings"]["ace"].update(ci99=[0.0, "x", 0.1]),
     lambda d: d["rankings"]["ace"].update(units=[0, 1.5]),
     lambda d: d.pop("concept"),
+    lambda d: d["rankings"]["ace"].update(baseline="NaN"),
 ])
 def test_a_damaged_ablation_result_is_one_named_error(tmp_path, damage):
   _ablation(tmp_path, "tree", [0.0, 0.5, 0.7], [0.0, 0.1, 0.05])
@@ -90,8 +92,8 @@ def test_cli_writes_the_page_tables_and_charts(tmp_path):
   a, _ = _folder(tmp_path, "a", {"l1": (4, 4, 40), "l2": (8, 8, 30)}, "pg")
   b, _ = _folder(tmp_path, "b", {"b4.conv1": (4, 4, 20), "b8.conv0": (8, 8, 20),
                                  "b8.conv1": (8, 8, 20)}, "sg")
-  removed = [i / 25 for i in range(21)]
-  _ablation(a, "tree", removed, [0.01] * 21)
+  removed = [i / 35 for i in range(31)]
+  _ablation(a, "tree", removed, [0.01] * 31)
   out = tmp_path / "out"
   proc = _run([f"--dissections={a},{b}", "--names=ProgGAN,StyleGAN2", "--concepts=tree,door",
                f"--out={out}"], tmp_path)
@@ -99,8 +101,9 @@ def test_cli_writes_the_page_tables_and_charts(tmp_path):
   doc = json.loads((out / "compare.json").read_text())
   assert [m["name"] for m in doc["models"]] == ["ProgGAN", "StyleGAN2"]
   md = (out / "compare.md").read_text()
-  # top 5 and top 20 of the tree curve, as the table quotes them.
-  assert "| tree | ProgGAN | l1 (ace) | 4% ± 1 | 20% ± 1 | 40% ± 1 | 80% ± 1 |" in md
+  # top 1 .. top 30 of the tree curve, as the table quotes them.
+  assert ("| tree | ProgGAN | l1 (ace) | 0.0125 | 3% ± 1 | 14% ± 1 | 29% ± 1 | 57% ± 1 | 86% ± 1 |"
+          in md)
   assert "| tree | StyleGAN2 | not measured |" in md
   assert "| StyleGAN2 | b8.conv1 | 20 |" in md
   page = (out / "compare.html").read_text()

@@ -16,7 +16,7 @@ from jaxdissect.report import svg
 from jaxdissect.report.reader import AblationRecord, Dissection
 
 # The curve points quoted in tables: removed share after ablating this many units.
-TABLE_UNITS = (1, 5, 10, 20)
+TABLE_UNITS = (1, 5, 10, 20, 30)
 
 
 class LayerSummary(NamedTuple):
@@ -63,8 +63,8 @@ def _curve(record: AblationRecord | None, ranking: Sequence[str]) -> dict[str, A
   for name in ranking:
     if name in record.rankings:
       c = record.rankings[name]
-      return {"layer": record.layer, "ranking": name, "units": list(c.units),
-              "removed": list(c.removed), "ci99": list(c.ci99)}
+      return {"layer": record.layer, "ranking": name, "baseline": c.baseline,
+              "units": list(c.units), "removed": list(c.removed), "ci99": list(c.ci99)}
   return None
 
 
@@ -113,11 +113,13 @@ def tables(doc: Mapping[str, Any]) -> dict[str, Table]:
     for m in models:
       curve = m["ablations"].get(c)
       if curve is None:
-        rows.append([c, m["name"], "not measured"] + [""] * len(TABLE_UNITS))
+        rows.append([c, m["name"], "not measured", ""] + [""] * len(TABLE_UNITS))
       else:
-        rows.append([c, m["name"], f"{curve['layer']} ({curve['ranking']})"]
+        share = "-" if curve["baseline"] is None else f"{curve['baseline']:.4f}"
+        rows.append([c, m["name"], f"{curve['layer']} ({curve['ranking']})", share]
                     + [_at(curve, k) for k in TABLE_UNITS])
-  ablation = (["concept", "model", "layer (ranking)"] + [f"top {k}" for k in TABLE_UNITS], rows)
+  ablation = (["concept", "model", "layer (ranking)", "concept's share"]
+              + [f"top {k}" for k in TABLE_UNITS], rows)
   layers = (["model", "layer", "units", "interpretable", "concepts"],
             [[m["name"], l["layer"], str(l["units"]), str(l["interpretable"]),
               str(len(l["concepts"]))] for m in models for l in m["layers"]])

@@ -149,6 +149,7 @@ class AblationCurve(NamedTuple):
   units: tuple[int, ...]
   removed: tuple[float, ...]
   ci99: tuple[float, ...]
+  baseline: float | None = None  # the concept's share of the image before any ablation
 
 
 class AblationRecord(NamedTuple):
@@ -174,7 +175,8 @@ def read_ablation(path: str) -> AblationRecord:
       if not len(removed) == len(ci) == len(units) + 1:
         raise DissectionReadError(f"{at}: {len(units)} units need {len(units) + 1} 'removed' and "
                                   f"'ci99' values, found {len(removed)} and {len(ci)}")
-      rankings[str(name)] = AblationCurve(units, removed, ci)
+      baseline = _float(r["baseline"], at) if r.get("baseline") is not None else None
+      rankings[str(name)] = AblationCurve(units, removed, ci, baseline)
     return AblationRecord(_text(doc, "model", path), _text(doc, "layer", path),
                           _text(doc, "concept", path), rankings)
   except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
