@@ -19,15 +19,13 @@ running the stage again.
 
 from __future__ import annotations
 
-import zipfile
-import zlib
 from typing import Any
 
 import numpy as np
 
 from jaxdissect import sharding, smallfile, thresholds
 from jaxdissect.latents import pad_rows
-from jaxdissect.npyfile import read_npy
+from jaxdissect.npyfile import read_npy, read_npz
 from jaxdissect.stats import levels
 from jaxdissect.stats.topk import largest_values
 from jaxdissect.upsample import upsample
@@ -130,13 +128,7 @@ def load_thresholds(path: str, layers: tuple[str, ...]) -> dict[str, np.ndarray]
                        "dissected; use a .npz or .json keyed by layer")
     return {layers[0]: read_npy(path)}
   if path.endswith(".npz"):
-    try:
-      with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError,
-            RuntimeError, zlib.error) as e:
-      raise ValueError(f"thresholds file {path}: not a readable .npz ({type(e).__name__}: "
-                       f"{smallfile.one_line(e)})") from None
+    return read_npz(path)
   if path.endswith(".json"):
     try:
       doc = smallfile.read_json(path, _MAX_THRESHOLDS_JSON, "thresholds file")

@@ -276,6 +276,7 @@ def formats() -> dict[str, Format]:
   add("pth-zip", lambda: _pth_format(True))
   add("pth-legacy", lambda: _pth_format(False))
   add("npy", _npy_format)
+  add("npz", _npz_format)
   add("png-image", lambda: _image_format(_seed_png, mutate_png))
   add("jpeg-image", lambda: _image_format(_seed_jpeg, mutate_bytes))
   add("png-mask", _mask_format)
@@ -286,6 +287,8 @@ def formats() -> dict[str, Format]:
   add("upp-labels", _labels_format)
   add("latest-json", _latest_format)
   add("orbax", _orbax_format)
+  add("stylegan2-pkl", _pkl_format)
+  add("tflite", _tflite_format)
   return out
 
 
@@ -298,6 +301,21 @@ def _pth_format(zip_format: bool) -> Format:
 def _npy_format() -> Format:
   from jaxdissect import latents
   return Format(_seed_npy, latents.load_npy, latents.LatentsError)
+
+
+def _seed_npz(workdir: str) -> list[str]:
+  rng = np.random.default_rng(0)
+  arrays = {"layer4": rng.standard_normal(6).astype(np.float32), "b8.conv1": np.arange(4.0)}
+  paths = [os.path.join(workdir, "stored.npz"), os.path.join(workdir, "deflated.npz")]
+  np.savez(paths[0], **arrays)
+  np.savez_compressed(paths[1], **arrays)
+  return paths
+
+
+def _npz_format() -> Format:
+  from jaxdissect import stages
+  return Format(_seed_npz, lambda p: stages.load_thresholds(p, ("layer4",)), ValueError,
+                mutate_zip)
 
 
 def _image_format(seeds: Callable, mutate: Callable) -> Format:
@@ -340,6 +358,35 @@ def _ablation_format() -> Format:
                                 "ci99": [0.0, 0.05, 0.02]}}}]
   return Format(lambda w: _seed_json(w, docs, "ablation-tree.json"), reader.read_ablation,
                 reader.DissectionReadError, mutate_text)
+
+
+def _seed_pkl(workdir: str) -> list[str]:
+  import test_stylegan2_pkl as snapshots  # tests/ is on sys.path
+  from ports import stylegan2
+  modules = snapshots.stand_in_modules()
+  sys.modules.update(modules)  # only pickle.dump names them; the reader never looks them up
+  stand_ins = modules["torch_utils.persistence"], modules["dnnlib.util"]
+  path = os.path.join(workdir, "network-snapshot.pkl")
+  snapshots.write_snapshot(path, stylegan2.random_state_dict(snapshots.CFG, 5), stand_ins,
+                           os.path.join(workdir, "marker"))
+  return [path]
+
+
+def _pkl_format() -> Format:
+  from ports import stylegan2_pkl
+  return Format(_seed_pkl, stylegan2_pkl.load_network, stylegan2_pkl.PklError)
+
+
+def _seed_tflite(workdir: str) -> list[str]:
+  import test_tflite  # tests/ is on sys.path
+  path = os.path.join(workdir, "face_detection.tflite")
+  shutil.copyfile(test_tflite._path("face_detection"), path)  # pylint: disable=protected-access
+  return [path]
+
+
+def _tflite_format() -> Format:
+  from ports import tflite_format, tflite_graph
+  return Format(_seed_tflite, tflite_graph.load, tflite_format.TFLiteError)
 
 
 def _class_names_format() -> Format:

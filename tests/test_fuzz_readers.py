@@ -7,7 +7,8 @@ numbers where sizes live; record-, chunk- and value-aware damage so checks behin
 parsers are reached) and reads them under an address-space cap (RLIMIT_AS: the warm process plus
 256 MiB, 512 for Orbax) and a per-case timer. The only allowed outcomes are a load or the reader's
 own error (not one that merely wraps a MemoryError).
-Three child processes (torch files; the other files; Orbax) keep the stage to ~30 s on 2 cores.
+Four child processes (torch files; the other files; Orbax; the StyleGAN2 .pkl and TFLite
+formats, which need the test extras) keep the stage to ~40 s on 2 cores.
 """
 
 import json
@@ -29,9 +30,12 @@ from test_pth import Storage, Tensor, write_legacy, write_zip
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _GROUPS = {  # child process -> (formats, damaged copies per format, address-space headroom MiB)
     "torch": (("pth-zip", "pth-legacy"), 3000, 256),
-    "files": (("npy", "png-image", "jpeg-image", "png-mask", "dissect-json", "units-json",
+    "files": (("npy", "npz", "png-image", "jpeg-image", "png-mask", "dissect-json", "units-json",
                "ablation-json", "class-names", "upp-labels", "latest-json"), 1000, 256),
     "orbax": (("orbax",), 1000, 512),  # tensorstore's threads reserve address space
+    # Files that need the test extras to be written or found (a StyleGAN2 .pkl snapshot, a
+    # 230 kB TFLite model); fewer cases, since a damaged model that loads is compiled too.
+    "extras": (("stylegan2-pkl", "tflite"), 500, 256),
 }
 _CASES = [(fmt, group) for group, (formats, _, _) in _GROUPS.items() for fmt in formats]
 
@@ -58,12 +62,23 @@ def fuzz(tmp_path_factory):
   return run
 
 
+def _need_extras():
+  """Skips unless torch (writes the StyleGAN2 snapshot) and mediapipe's .tflite files exist."""
+  pytest.importorskip("torch", reason="torch not installed (parity extra): no .pkl seed")
+  import test_tflite  # pylint: disable=g-import-not-at-top
+  if (test_tflite._MODULES is None  # pylint: disable=protected-access
+      or not os.path.exists(test_tflite._path("face_detection"))):  # pylint: disable=protected-access
+    pytest.skip("mediapipe==0.10.21 not installed (--no-deps): no .tflite seed")
+
+
 @pytest.mark.parametrize("fmt,group", _CASES, ids=[fmt for fmt, _ in _CASES])
 def test_damaged_files_load_or_fail_with_the_readers_own_error(fuzz, fmt, group):
+  if group == "extras":
+    _need_extras()
   found = fuzz(group)[fmt]
   summary = {k: found[k] for k in ("cases", "loaded", "own", "escaped", "slow", "seconds",
                                    "slowest_case", "rss_growth_mb")}
-  assert found["cases"] >= 1000
+  assert found["cases"] >= _GROUPS[group][1]
   assert found["escaped"] == 0, (summary, found["examples"])
   assert found["slow"] == 0, (summary, found["examples"])
   assert found["bad_messages"] == [], found["bad_messages"]  # one line, naming the file

@@ -52,9 +52,9 @@ def _attributes(class_name):
           }.get(class_name, {})
 
 
-@pytest.fixture
-def stand_ins(monkeypatch):
-  """`torch_utils.persistence` and `dnnlib.util` modules that pickle can name, for the writer."""
+def stand_in_modules():
+  """`{name: module}`: `torch_utils.persistence` and `dnnlib.util` stand-ins that pickle can
+  name, for the writer (also used by tests/fuzz_harness.py, in its own process)."""
   persistence = types.ModuleType("torch_utils.persistence")
 
   def _reconstruct_persistent_obj(meta):
@@ -66,11 +66,17 @@ def stand_ins(monkeypatch):
   util = types.ModuleType("dnnlib.util")
   util.EasyDict = type("EasyDict", (dict,), {"__module__": "dnnlib.util",
                                              "__qualname__": "EasyDict"})
-  for name, module in (("torch_utils", types.ModuleType("torch_utils")),
-                       ("torch_utils.persistence", persistence),
-                       ("dnnlib", types.ModuleType("dnnlib")), ("dnnlib.util", util)):
+  return {"torch_utils": types.ModuleType("torch_utils"), "torch_utils.persistence": persistence,
+          "dnnlib": types.ModuleType("dnnlib"), "dnnlib.util": util}
+
+
+@pytest.fixture
+def stand_ins(monkeypatch):
+  """The stand-in modules in `sys.modules` for one test: `(persistence, util)`."""
+  modules = stand_in_modules()
+  for name, module in modules.items():
     monkeypatch.setitem(sys.modules, name, module)
-  return persistence, util
+  return modules["torch_utils.persistence"], modules["dnnlib.util"]
 
 
 class _Persistent:
