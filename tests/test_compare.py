@@ -3,6 +3,7 @@
 import collections
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -108,6 +109,10 @@ def test_cli_writes_the_page_tables_and_charts(tmp_path):
   assert "| StyleGAN2 | b8.conv1 | 20 |" in md
   page = (out / "compare.html").read_text()
   assert page.count("<svg") == 2 + 1 + 2  # layer charts, depth, one ablation chart per concept
+  tops = [max(int(t) for t in re.findall(r'class="tick"[^>]*>(\d+)<', chart))
+          for chart in page.split("<svg")[1:3]]
+  peak = max(l["interpretable"] for m in doc["models"] for l in m["layers"])
+  assert tops[0] == tops[1] >= peak  # the two layer charts share one scale
   assert "StyleGAN2" in page and "b8.conv0" in page
   for name in ("depth.svg", "ablation-tree.svg", "ablation-door.svg"):
     assert (out / name).read_text().startswith("<svg")

@@ -188,9 +188,11 @@ def comparison_html(doc: Mapping[str, Any], title: str = "Dissections compared")
   t = tables(doc)
   categories = svg.order_categories({c for m in doc["models"] for l in m["layers"]
                                      for c in l["categories"]})
+  peak = max((l["interpretable"] for m in doc["models"] for l in m["layers"]), default=0)
   layer_figs = "".join(
       f"<figure><figcaption>{html.escape(m['name'])} ({html.escape(m['model'])})</figcaption>"
-      + svg.layer_chart([(l["layer"], l["categories"]) for l in m["layers"]], categories)
+      + svg.layer_chart([(l["layer"], l["categories"]) for l in m["layers"]], categories,
+                        least_top=peak)
       + "</figure>" for m in doc["models"])
   ablations = "".join(f"<figure>{ablation_chart(doc, c)}</figure>" for c in doc["concepts"])
   parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}"

@@ -170,7 +170,8 @@ def _nice_step(peak: float, ticks: int = 5) -> float:
 
 
 def layer_chart(rows: Sequence[tuple[str, Mapping[str, int]]],
-                categories_order: Sequence[str] | None = None, links: bool = False) -> str:
+                categories_order: Sequence[str] | None = None, links: bool = False,
+                least_top: int = 0) -> str:
   """SVG stacked bars: interpretable units of each category, one bar per layer.
 
   Args:
@@ -178,6 +179,7 @@ def layer_chart(rows: Sequence[tuple[str, Mapping[str, int]]],
     categories_order: categories to stack, bottom first; default: every category with units,
       in `order_categories` order.
     links: make the layer names links to `#layer_name` (for the HTML report).
+    least_top: the y axis reaches at least this many units (charts side by side share a scale).
 
   Returns:
     A standalone SVG document as a string.
@@ -190,8 +192,9 @@ def layer_chart(rows: Sequence[tuple[str, Mapping[str, int]]],
     cats = list(categories_order)
   colours = category_colours(cats)
   totals = [sum(int(counts.get(c, 0)) for c in cats) for _, counts in rows]
-  step = _nice_step(max(totals))
-  top = step * max(1, math.ceil(max(totals) / step))
+  peak = max(max(totals), least_top)
+  step = _nice_step(peak)
+  top = step * max(1, math.ceil(peak / step))
 
   names = [str(name) for name, _ in rows]
   longest = max(len(n) for n in names) * _CHAR_W * 1.1   # layer names are 11 px
