@@ -7,7 +7,7 @@ Commands (about 1 min on 2 CPU cores each):
 
 The GAN is what jaxdissect dissects by default, so it must draw the scene world's concepts about
 as often and as large as the world itself does; the segmenter is the instrument that says what
-was drawn. On `n` generated images (`standard_z(n, seed, gan.ZDIM)`) and `n` rendered ones
+was drawn. On `n` generated images (`standard_z(n, seed, zdim)`) and `n` rendered ones
 (`render(n, real_seed)`), both segmented by the shipped segmenter, it measures:
 
   * pixel fractions `p[c]`, c = 1..12: the mean over images of the fraction of an image's pixels
@@ -118,9 +118,9 @@ def image_frequency(counts: np.ndarray, min_pixels: int) -> np.ndarray:
 
 
 def generated_batches(generator, n: int, seed: int, batch_size: int):
-  """Yields generated image batches for `standard_z(n, seed, gan.ZDIM)` in order."""
+  """Yields generated image batches for `standard_z(n, seed, generator.zdim)` in order."""
   apply = jax.jit(lambda p, z: generator.apply_fn(p, z)[0])
-  for _, z in z_batches(n, seed, batch_size, gan.ZDIM):
+  for _, z in z_batches(n, seed, batch_size, generator.zdim):
     yield apply(generator.params, z)
 
 
@@ -199,13 +199,13 @@ def main(argv):
   result["settings"] = {"n": n, "seed": _SEED.value, "real_seed": _REAL_SEED.value,
                         "min_pixels": _MIN_PIXELS.value, "arch": _ARCH.value, "generator": path,
                         "segmenter": _SEGMENTER.value,
-                        "generated": "gan(standard_z(n, seed, gan.ZDIM))",
+                        "generated": "generator(standard_z(n, seed, zdim))",
                         "real": "render(n, real_seed); second real set render(n, real_seed, "
                                 "start=n)"}
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   with open(out, "w") as f:
     json.dump(result, f, indent=2)
-  z = next(z_batches(64, _SEED.value, 64, gan.ZDIM))[1]
+  z = next(z_batches(64, _SEED.value, 64, generator.zdim))[1]
   grid = gan.image_grid(np.asarray(generator.apply_fn(generator.params, z)[0]))
   Image.fromarray(grid).save(samples, optimize=True)
   logging.info("scene %s vs rendered scenes, n=%d:\n%s\nwrote %s and %s", _ARCH.value, n,

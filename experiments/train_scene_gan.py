@@ -101,20 +101,28 @@ ARCHS = {
 }
 
 
-def save_samples(path: str, generator: Generator) -> None:
-  """Writes an 8x8 grid of generator samples of the fixed z `standard_z(64, _SAMPLE_SEED)`."""
+def make_drawer(arch: Arch, like: Any) -> Callable[[Any], jax.Array]:
+  """`draw(params) -> images` of the fixed z `standard_z(64, _SAMPLE_SEED)` for generators of
+  `arch` with params like `like`, jitted once (every save reuses the compiled function)."""
+  generator = arch.generator(like)
+  apply = jax.jit(generator.apply_fn)
   z = standard_z(64, _SAMPLE_SEED, generator.zdim)
-  images = jax.jit(generator.apply_fn)(generator.params, z)[0]
-  Image.fromarray(gan.image_grid(np.asarray(images))).save(path)
+  return lambda params: apply(params, z)[0]
 
 
-def save_all(state: gan.TrainState, workdir: str, out: str, arch: Arch) -> None:
+def save_samples(path: str, draw: Callable[[Any], jax.Array], params: Any) -> None:
+  """Writes an 8x8 grid of `draw(params)` (a `make_drawer` function)."""
+  Image.fromarray(gan.image_grid(np.asarray(draw(params)))).save(path)
+
+
+def save_all(state: gan.TrainState, workdir: str, out: str,
+             draw: Callable[[Any], jax.Array]) -> None:
   """Checkpoints the resumable state, the EMA generator and a sample grid."""
   host = checkpoint.to_numpy(state)
   _swap_in(os.path.join(workdir, "state"), lambda tmp: checkpoint.save(tmp, host._asdict()))
   _swap_in(out, lambda tmp: gan.save_generator(tmp, host.ema))
   step = int(host.step)
-  save_samples(os.path.join(workdir, f"samples_{step:06d}.png"), arch.generator(host.ema))
+  save_samples(os.path.join(workdir, f"samples_{step:06d}.png"), draw, host.ema)
 
 
 def _swap_in(path: str, write) -> None:
@@ -153,6 +161,7 @@ def main(argv):
   logging.info("%s, D sizes %s, batch %d; starting at step %d of %d", _ARCH.value, gan.D_SIZES,
                _BATCH.value, start, steps)
   train_step = arch.make_step(gan.D_SIZES, _LR.value, _R1.value, _R1_EVERY.value, _EMA.value)
+  draw = make_drawer(arch, state.ema)
   t0 = time.perf_counter()
   metrics = {}
   for step in progress(range(start, steps), total=steps - start, desc=f"train {_ARCH.value}",
@@ -162,7 +171,7 @@ def main(argv):
     done = step + 1
     if done % _SAVE_EVERY.value == 0 or done == steps:
       m = {k: float(v) for k, v in metrics.items()}
-      save_all(state, workdir, out, arch)
+      save_all(state, workdir, out, draw)
       logging.info("step %d (%.2f s/step): %s; saved %s", done,
                    (time.perf_counter() - t0) / (done - start), m, out)
   if start >= steps:

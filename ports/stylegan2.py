@@ -401,15 +401,16 @@ def from_state_dict(sd: Mapping[str, Any], *, truncation_psi: float = 1.0,
   `config_overrides`, default the original's defaults (0.01, None).
   """
   cfg = config_from_state_dict(sd, **config_overrides)
-  apply_fn = make_apply_fn(cfg, truncation_psi=truncation_psi,
-                           truncation_cutoff=truncation_cutoff, noise=noise,
-                           noise_seed=noise_seed, latent_space=latent_space)
-  return Generator(apply_fn, convert_state_dict(sd, cfg), layer_names(cfg),
-                   _latent_shape(cfg, latent_space))
+  return generator_with(cfg, convert_state_dict(sd, cfg), truncation_psi=truncation_psi,
+                        truncation_cutoff=truncation_cutoff, noise=noise, noise_seed=noise_seed,
+                        latent_space=latent_space)
 
 
-def _latent_shape(cfg: Config, latent_space: str) -> tuple[int]:
-  return (cfg.w_dim,) if latent_space == "w" else (cfg.z_dim,)
+def generator_with(cfg: Config, params: Any, **options: Any) -> Generator:
+  """The protocol `Generator` of this port's `params` for `cfg` (`options` as `make_apply_fn`):
+  its feature-map layers, and a latent of z_dim, or w_dim with `latent_space='w'`."""
+  latent = cfg.w_dim if options.get("latent_space", "z") == "w" else cfg.z_dim
+  return Generator(make_apply_fn(cfg, **options), params, layer_names(cfg), (latent,))
 
 
 def seeded_w(gen: Generator, n: int, seed: int, batch_size: int = 256) -> np.ndarray:
@@ -586,10 +587,7 @@ def initial_state_dict(cfg: Config, seed: int) -> dict[str, np.ndarray]:
 
 def make_generator(cfg: Config, seed: int = 0, **options: Any) -> Generator:
   """A generator with `random_state_dict(cfg, seed)` weights (`options` as `from_state_dict`)."""
-  sd = random_state_dict(cfg, seed)
-  apply_fn = make_apply_fn(cfg, **options)
-  return Generator(apply_fn, convert_state_dict(sd, cfg), layer_names(cfg),
-                   _latent_shape(cfg, options.get("latent_space", "z")))
+  return generator_with(cfg, convert_state_dict(random_state_dict(cfg, seed), cfg), **options)
 
 
 # --- Checkpoint files --------------------------------------------------------------------------

@@ -92,4 +92,6 @@ def test_training_noise_is_random_but_drawing_uses_the_fixed_noise():
   b = np.asarray(generate(params, z, jax.random.PRNGKey(1))[0])
   assert not np.allclose(a, b)
   gen = stylegan.make_generator(params, _TINY)
+  assert gen.latent_shape == (_TINY.z_dim,)
+  assert stylegan.make_generator(params, _TINY, latent_space="w").latent_shape == (_TINY.w_dim,)
   np.testing.assert_array_equal(gen.apply_fn(gen.params, z)[0], gen.apply_fn(gen.params, z)[0])

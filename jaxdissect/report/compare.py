@@ -43,15 +43,17 @@ class ModelSummary(NamedTuple):
 def summarize(dissection: Dissection, name: str | None = None,
               ablations: Sequence[AblationRecord] = ()) -> ModelSummary:
   """The figures of `dissection` (and its `ablations`) that the comparison shows."""
+  category_of = dict(dissection.concepts)
   layers, concept_units = [], {}
-  for record in dissection.layers:
-    on = [u for u in record.units if u.interpretable and u.label != svg.NONE_LABEL]
+  for record in dissection.layers:  # the document's own counts, as its report shows them
     categories: dict[str, int] = {}
-    for u in on:
-      categories[u.category] = categories.get(u.category, 0) + 1
-      concept_units[u.label] = concept_units.get(u.label, 0) + 1
-    layers.append(LayerSummary(record.layer, len(record.units), len(on), categories,
-                               tuple(sorted({u.label for u in on}))))
+    for label, n in record.concept_counts.items():
+      cat = category_of.get(label, "other")
+      categories[cat] = categories.get(cat, 0) + n
+      concept_units[label] = concept_units.get(label, 0) + n
+    layers.append(LayerSummary(record.layer, len(record.units), record.interpretable,
+                               dict(sorted(categories.items())),
+                               tuple(sorted(record.concept_counts))))
   return ModelSummary(name or dissection.model, dissection.model, dissection.segmenter,
                       tuple(layers), concept_units, {a.concept: a for a in ablations})
 

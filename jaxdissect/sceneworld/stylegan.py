@@ -61,9 +61,7 @@ def generator_like(cfg: stylegan2.Config = CONFIG) -> Any:
 
 def make_generator(params: dict, cfg: stylegan2.Config = CONFIG, **options: Any) -> Generator:
   """The protocol `Generator` for `params` (`options` as `stylegan2.make_apply_fn`)."""
-  apply_fn = stylegan2.make_apply_fn(cfg, **options)
-  latent = W_DIM if options.get("latent_space", "z") == "w" else ZDIM
-  return Generator(apply_fn, params, stylegan2.layer_names(cfg), (latent,))
+  return stylegan2.generator_with(cfg, params, **options)
 
 
 def load_generator(path: str = DEFAULT_PATH, cfg: stylegan2.Config = CONFIG,
