@@ -7,16 +7,17 @@ import os
 import numpy as np
 
 
-def write(folder, layers, concepts, model, segmenter, image=None):
+def write(folder, layers, concepts, model, segmenter, image=None, iou_max=0.1):
   """Writes the folder; `layers` {name: (h, w, c)}, `concepts` [(name, category)]; `image(name,
-  u)` gives a unit's strip path (or None for none). Returns the dissect.json document."""
+  u)` gives a unit's strip path (or None for none); IoUs are uniform in [0, iou_max) (units are
+  interpretable above 0.04). Returns the dissect.json document."""
   rng = np.random.default_rng(0)
   names = [name for name, _ in concepts]
   category = dict(concepts)
   records = []
   for name, (h, w, c) in layers.items():
     os.makedirs(folder / name / "units")
-    iou = rng.uniform(0, 0.1, (c, len(concepts))).astype(np.float32)
+    iou = rng.uniform(0, iou_max, (c, len(concepts))).astype(np.float32)
     iou[:, 0] = 0
     thresholds = rng.uniform(0.5, 3.0, c).astype(np.float32)
     np.save(folder / name / "iou.npy", iou)
