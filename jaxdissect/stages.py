@@ -26,6 +26,7 @@ import numpy as np
 from jaxdissect import sharding, smallfile, thresholds
 from jaxdissect.latents import pad_rows
 from jaxdissect.npyfile import read_npy, read_npz
+from jaxdissect.report.reader import MAX_DOC_BYTES  # a thresholds file may be a dissect.json
 from jaxdissect.stats import levels
 from jaxdissect.stats.topk import largest_values
 from jaxdissect.upsample import upsample
@@ -115,9 +116,6 @@ def given_levels(given: Any, layer: str, units: int) -> np.ndarray:
   return value
 
 
-_MAX_THRESHOLDS_JSON = 256 << 20  # as a dissect.json may be (report.reader.MAX_DOC_BYTES)
-
-
 def load_thresholds(path: str, layers: tuple[str, ...]) -> dict[str, np.ndarray]:
   """Per-layer levels from `path`: `.npy` (one layer: `[U]`), `.npz` (one array per layer name),
   or `.json` (`{layer: [levels]}`, or a `dissect.json`, whose units' thresholds are read).
@@ -131,7 +129,7 @@ def load_thresholds(path: str, layers: tuple[str, ...]) -> dict[str, np.ndarray]
     return read_npz(path)
   if path.endswith(".json"):
     try:
-      doc = smallfile.read_json(path, _MAX_THRESHOLDS_JSON, "thresholds file")
+      doc = smallfile.read_json(path, MAX_DOC_BYTES, "thresholds file")
       if isinstance(doc, dict) and isinstance(doc.get("layers"), list):
         return {entry["layer"]: np.array([u["threshold"] for u in entry["units"]], np.float32)
                 for entry in doc["layers"]}

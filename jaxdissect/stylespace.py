@@ -74,8 +74,7 @@ def gradient_maps(gen: Generator, params: Any, z: jax.Array, layer: str, style: 
 
   image, tangent_of = jax.linearize(image_of, style)
   b, h, w, _ = image.shape
-  if size is not None and (size < 1 or h % size or w % size):
-    raise ValueError(f"style map size {size} does not divide the image size {h}x{w}")
+  _check_size(size, h, w)
   out_h, out_w = (h, w) if size is None else (size, size)
   c = style.shape[-1]
   chunk = max(1, min(int(chunk), c))
@@ -93,6 +92,12 @@ def gradient_maps(gen: Generator, params: Any, z: jax.Array, layer: str, style: 
   return jnp.transpose(maps, (1, 2, 3, 0)).astype(jnp.float32)
 
 
+def _check_size(size: int | None, h: int, w: int) -> None:
+  """ValueError unless `size` (None: the image's) average-pools an `h` x `w` map evenly."""
+  if size is not None and (size < 1 or h % size or w % size):
+    raise ValueError(f"style map size {size} does not divide the image size {h}x{w}")
+
+
 def with_style_maps(gen: Generator, style_layers: Sequence[str], *, chunk: int = 16,
                     size: int | None = None) -> Generator:
   """`gen` with `style_layers` (names it captures as `[B, 1, 1, C]` style vectors) added to its
@@ -103,8 +108,7 @@ def with_style_maps(gen: Generator, style_layers: Sequence[str], *, chunk: int =
   style_shapes(gen, style_layers)
   z = jax.ShapeDtypeStruct((1, *gen.latent_shape), jnp.float32)
   h, w = jax.eval_shape(lambda z: gen.apply_fn(gen.params, z)[0], z).shape[1:3]
-  if size is not None and (size < 1 or h % size or w % size):
-    raise ValueError(f"style map size {size} does not divide the image size {h}x{w}")
+  _check_size(size, h, w)
   layers = tuple(gen.layers) + style_layers
 
   def apply_fn(params, z, edits=None, capture=None):
